@@ -30,3 +30,6 @@ def use_triton(*tensors: Any) -> bool:
     if backend != "auto":
         return backend == "triton"
     return all(t.is_cuda for t in tensors) and importlib.util.find_spec("triton") is not None
+
+
+from .embedding_init import embedding_init  # noqa: E402  (after use_triton, which it calls)
