@@ -18,11 +18,42 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_encode(sub: argparse._SubParsersAction) -> None:
+    from typing import get_args
+
+    from .corpus import DocMode, Errors
+
+    p = sub.add_parser("encode", help="encode text / jsonl files into token ids + word and document starts")
+    p.add_argument("sources", nargs="+", help="files, folders (recursive) or glob patterns")
+    p.add_argument("--tokenizer", required=True, help="tokenizer.json or a Hugging Face folder")
+    p.add_argument("--out", required=True, help="output folder (.npy shards + manifest.json)")
+    p.add_argument("--doc-mode", choices=get_args(DocMode), default="file", help="how .txt files split")
+    p.add_argument("--text-field", default="text", help="the text key of .jsonl records")
+    p.add_argument("--errors", choices=get_args(Errors), default="strict", help="invalid UTF-8 handling")
+    p.add_argument("--batch-size", type=int, default=1024, help="documents per encode_batch call")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_encode)
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from .corpus import ReadStats, encode_corpus, read_documents
+
+    stats = ReadStats()
+    docs = read_documents(args.sources, doc_mode=args.doc_mode, text_field=args.text_field,
+                          errors=args.errors, stats=stats)
+    corpus = encode_corpus(args.tokenizer, docs, out_dir=args.out, batch_size=args.batch_size,
+                           progress=not args.no_progress)
+    print(f"{args.out}: {corpus.n_docs:,} documents from {stats.n_files:,} files, {corpus.n_tokens:,} tokens, "
+          f"{corpus.n_bytes:,} bytes ({corpus.n_bytes / corpus.n_tokens:.2f} bytes/token), "
+          f"{stats.n_replaced:,} invalid UTF-8 sequences replaced")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the `igot` argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="igot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_data,):
+    for add in (_add_data, _add_encode):
         add(sub)
     return parser
 

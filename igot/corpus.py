@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Literal, Union
+from typing import IO, TYPE_CHECKING, Literal, Union, get_args
 
 import numpy as np
 
@@ -38,14 +38,14 @@ Source = Union[str, "os.PathLike[str]"]
 DocMode = Literal["file", "blank_line", "line"]
 Errors = Literal["strict", "replace"]
 
-_DOC_MODES = ("file", "blank_line", "line")
-_ERRORS = ("strict", "replace")
+_DOC_MODES: tuple[str, ...] = get_args(DocMode)
+_ERRORS: tuple[str, ...] = get_args(Errors)
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 _FOLDER_SUFFIXES = (".txt", ".txt.gz") + _JSONL_SUFFIXES  # what a folder source contributes
 _GLOB_CHARS = frozenset("*?[")
-# A batch also closes at this many UTF-8 bytes, so a folder of large files never sits in memory at once;
-# 8 MiB is several hundred thousand tokens, enough for encode_batch to keep every core busy.
-_BATCH_BYTES = 8 << 20
+# A batch also closes at this many characters, so a folder of large files never sits in memory at once;
+# 8 Mi characters are some two million tokens, enough for encode_batch to keep every core busy.
+_BATCH_CHARS = 8 << 20
 _MANIFEST = "manifest.json"
 _FORMAT = "igot.EncodedCorpus"
 _FORMAT_VERSION = 1
@@ -536,7 +536,7 @@ def encode_corpus(
             str / PathLike, or a list of Path objects); a plain list of str is read as documents.
         out_dir: if given, stream the arrays into .npy shards there (memory stays at about one batch
             whatever the corpus size) and return the memory-mapped result of EncodedCorpus.load.
-        batch_size: documents per encode_batch call (a batch also ends at 8 MiB of text).
+        batch_size: documents per encode_batch call (a batch also ends at 8 Mi characters).
         shard_tokens: with out_dir, a new shard starts after a shard holds this many tokens (shards end
             between documents). The default, 2**30 tokens (6 GiB of arrays), keeps one shard for most
             corpora, which load() maps without copying.
@@ -608,7 +608,7 @@ def _without_truncation_or_padding(tok: Tokenizer) -> Tokenizer:
 
 def _batches(docs: Iterable[str], batch_size: int) -> Iterator[list[str]]:
     batch: list[str] = []
-    n_bytes = 0
+    n_chars = 0
     for index, doc in enumerate(docs):
         if not isinstance(doc, str):
             raise TypeError(f"document {index} is a {type(doc).__name__}, not a str (pass paths as Path "
@@ -616,10 +616,10 @@ def _batches(docs: Iterable[str], batch_size: int) -> Iterator[list[str]]:
         if not doc:
             continue
         batch.append(doc)
-        n_bytes += len(doc)
-        if len(batch) == batch_size or n_bytes >= _BATCH_BYTES:
+        n_chars += len(doc)
+        if len(batch) == batch_size or n_chars >= _BATCH_CHARS:
             yield batch
-            batch, n_bytes = [], 0
+            batch, n_chars = [], 0
     if batch:
         yield batch
 

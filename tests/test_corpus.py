@@ -351,3 +351,16 @@ def test_real_tokenizer_matches_reference(name, tmp_path):
     want = reference(tok, docs)
     assert_same(encode_corpus(tok, docs, batch_size=64, progress=False), want)
     assert_same(encode_corpus(tok, docs, out_dir=tmp_path, shard_tokens=20_000, progress=False), want)
+
+
+def test_cli_encode(byte_tok, tmp_path, capsys):
+    from igot.cli import main
+
+    _write(tmp_path / "docs" / "a.txt", "\n\n".join(DOCS).encode())
+    byte_tok.save(str(tmp_path / "tokenizer.json"))
+    out = tmp_path / "enc"
+    assert main(["encode", str(tmp_path / "docs"), "--tokenizer", str(tmp_path), "--out", str(out),
+                 "--doc-mode", "blank_line", "--no-progress"]) == 0
+    want = reference(byte_tok, list(read_documents(tmp_path / "docs", doc_mode="blank_line")))
+    assert_same(EncodedCorpus.load(out), want)
+    assert f"{want.n_tokens:,} tokens" in capsys.readouterr().out
