@@ -6,15 +6,28 @@ import sys
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="fetch the real model, tokenizers and corpora into the cache")
-    p.add_argument("action", choices=["fetch"])
+    from .data import ITEMS
+
+    p = sub.add_parser("data", help="fetch the real model, tokenizers and corpora into the cache",
+                       description="fetch: download what is missing or damaged ($IGOT_CACHE, default "
+                       "~/.cache/igot); status: show each item's state without fetching.")
+    p.add_argument("action", choices=["fetch", "status"])
+    p.add_argument("--only", action="append", choices=list(ITEMS), metavar="NAME",
+                   help=f"fetch only this item (repeatable): {', '.join(ITEMS)}")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--verify", action="store_true", help="re-hash cached files (sha256) instead of checking sizes")
     p.set_defaults(func=_cmd_data)
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from .data import fetch
+    from .data import cache_dir, fetch, status
 
-    fetch()
+    if args.action == "status":
+        for name, state in status().items():
+            print(f"{name:10s} {state}")
+        print(f"cache: {cache_dir()}")
+        return 0
+    fetch(args.only, progress=not args.quiet, verify=args.verify)
     return 0
 
 
