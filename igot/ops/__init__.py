@@ -32,4 +32,5 @@ def use_triton(*tensors: Any) -> bool:
     return all(t.is_cuda for t in tensors) and importlib.util.find_spec("triton") is not None
 
 
+from .fused_linear_ce import fused_linear_cross_entropy  # noqa: E402  (after use_triton, which it calls)
 from .embedding_init import embedding_init  # noqa: E402  (after use_triton, which it calls)

@@ -1,0 +1,213 @@
+"""Fused linear cross-entropy, forward + backward: time and peak memory of igot against naive torch
+(F.linear + F.cross_entropy, logits materialised) and, where present, torch's F.linear_cross_entropy
+(chunked) and Liger-Kernel's LigerFusedLinearCrossEntropyLoss, all measured in the same run.
+
+Usage:
+  python benchmarks/bench_fused_linear_ce.py [--quick] [--tokens N]   CPU: igot's torch twin, float32,
+      SmolLM2's head (H=576, V=49,152 + 2,000 new tokens padded to 64) and a 262k vocabulary (H=640).
+      Each (variant, shape) runs in a fresh subprocess; peak memory = ru_maxrss growth after the inputs.
+  python benchmarks/bench_fused_linear_ce.py --gpu [--quick]   CUDA, bfloat16, H=4096, V=128k/256k,
+      N=8k/32k; time = triton.testing.do_bench median; memory = torch.cuda.max_memory_allocated (inputs
+      included, as Liger-Kernel reports it).
+  python benchmarks/bench_fused_linear_ce.py --gpu --tune   block size / warps / chunk sweep of the kernel.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from igot.ops import fused_linear_cross_entropy
+
+
+def setup(n_tokens: int, n_vocab: int, n_hidden: int, dtype: torch.dtype, device: str, seed: int = 0) -> dict:
+    """Inputs shared by the speed and memory runs: leaves that need grad, targets with 10% ignored."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    hidden = torch.randn(n_tokens, n_hidden, generator=gen, device=device, dtype=dtype).requires_grad_()
+    weight = (torch.randn(n_vocab, n_hidden, generator=gen, device=device, dtype=dtype) / n_hidden**0.5).requires_grad_()
+    targets = torch.randint(0, n_vocab, (n_tokens,), generator=gen, device=device)
+    targets[torch.rand(n_tokens, generator=gen, device=device) < 0.1] = -100
+    return dict(hidden=hidden, weight=weight, targets=targets)
+
+
+def _naive(inputs: dict) -> torch.Tensor:
+    return F.cross_entropy(F.linear(inputs["hidden"], inputs["weight"]), inputs["targets"])
+
+
+def _igot(inputs: dict) -> torch.Tensor:
+    return fused_linear_cross_entropy(inputs["hidden"], inputs["weight"], inputs["targets"])
+
+
+def _torch_chunked(inputs: dict) -> torch.Tensor:
+    return F.linear_cross_entropy(inputs["hidden"], inputs["weight"], inputs["targets"],
+                                  options=torch.nn.LinearCrossEntropyOptions())
+
+
+def _liger(accum_dtype: torch.dtype | None):  # type: ignore[no-untyped-def]
+    from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+
+    loss_fn = LigerFusedLinearCrossEntropyLoss(accum_dtype=accum_dtype)
+    return lambda inputs: loss_fn(inputs["weight"], inputs["hidden"], inputs["targets"])
+
+
+def variants(gpu: bool) -> dict:
+    """name -> fn(inputs) -> scalar loss; the first is the baseline, the second igot."""
+    found = {"naive torch (logits + F.cross_entropy)": _naive,
+             "igot Triton" if gpu else "igot torch twin": _igot}
+    if hasattr(F, "linear_cross_entropy") and hasattr(torch.nn, "LinearCrossEntropyOptions"):
+        found["torch F.linear_cross_entropy (chunked)"] = _torch_chunked
+    if gpu:
+        try:
+            found["Liger FLCE (bf16 grad_W)"] = _liger(None)
+            found["Liger FLCE (fp32 grad_W)"] = _liger(torch.float32)
+        except ImportError:
+            pass
+    return found
+
+
+def _fwd_bwd(fn, inputs: dict) -> None:  # type: ignore[no-untyped-def]
+    for leaf in (inputs["hidden"], inputs["weight"]):
+        leaf.grad = None
+    fn(inputs).backward()
+
+
+# ---- CPU: one subprocess per (variant, shape) so that ru_maxrss measures that variant alone ----
+
+def _cpu_child(name: str, n: int, v: int, h: int, repeats: int) -> None:
+    inputs = setup(n, v, h, torch.float32, "cpu")
+    fn = variants(gpu=False)[name]
+    base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _fwd_bwd(fn, inputs)
+        times.append(time.perf_counter() - start)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kib
+    print(json.dumps({"s": statistics.median(times), "peak_mib": peak_kib / 1024}))
+
+
+def _cpu_main(args: argparse.Namespace) -> None:
+    n = args.tokens or (512 if args.quick else 4096)
+    repeats = 1 if args.quick else 3
+    shapes = [("SmolLM2 + 2k new tokens", 576, _pad(49_152 + 2_000, 64)), ("262k vocabulary", 640, 262_144)]
+    names = list(variants(gpu=False))
+    print(f"CPU float32, N={n} tokens, fwd+bwd, median of {repeats}; peak = RSS growth over the inputs\n")
+    print("| shape | H | V | variant | median s | peak MiB | time ratio naive/this | memory ratio naive/this |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|")
+    for label, h, v in shapes:
+        rows = {}
+        for name in names:
+            cmd = [sys.executable, __file__, "--cpu-child", name, str(n), str(v), str(h), str(repeats)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            rows[name] = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+        base = rows[names[0]]
+        for name, row in rows.items():
+            if row is None:
+                print(f"| {label} | {h} | {v} | {name} | failed | | | |")
+                continue
+            print(f"| {label} | {h} | {v} | {name} | {row['s']:.2f} | {row['peak_mib']:.0f} | "
+                  f"{base['s'] / row['s']:.2f}x | {base['peak_mib'] / max(row['peak_mib'], 1):.1f}x |", flush=True)
+
+
+def _pad(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+# ---- GPU ----
+
+def _gpu_measure(fn, inputs: dict) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(median ms of fwd+bwd, peak GiB allocated during one fwd+bwd, inputs included)."""
+    import triton
+
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    _fwd_bwd(fn, inputs)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    ms = triton.testing.do_bench(lambda: _fwd_bwd(fn, inputs), warmup=100, rep=500, return_mode="median")
+    return ms, peak
+
+
+def _gpu_main(args: argparse.Namespace) -> None:
+    h = 4096
+    shapes = [(8192, 131_072), (32_768, 131_072), (8192, 262_144), (32_768, 262_144)]
+    if args.quick:
+        shapes = shapes[:1]
+    found = variants(gpu=True)
+    names = list(found)
+    print(f"{torch.cuda.get_device_name()}, bfloat16, H={h}, fwd+bwd; time = do_bench median; "
+          "peak = max_memory_allocated, inputs included\n")
+    print("| N | V | variant | median ms | peak GiB | time ratio naive/this | memory ratio naive/this |")
+    print("|---:|---:|---|---:|---:|---:|---:|")
+    for n, v in shapes:
+        inputs = setup(n, v, h, torch.bfloat16, "cuda")
+        rows = {}
+        for name in names:
+            try:
+                rows[name] = _gpu_measure(found[name], inputs)
+            except torch.cuda.OutOfMemoryError:
+                rows[name] = None
+            for leaf in (inputs["hidden"], inputs["weight"]):
+                leaf.grad = None
+            torch.cuda.empty_cache()
+        base = rows[names[0]]
+        for name, row in rows.items():
+            if row is None:
+                print(f"| {n} | {v} | {name} | OOM | OOM | | |", flush=True)
+                continue
+            ratio_t = f"{base[0] / row[0]:.2f}x" if base else "naive OOM"
+            ratio_m = f"{base[1] / row[1]:.1f}x" if base else "naive OOM"
+            print(f"| {n} | {v} | {name} | {row[0]:.1f} | {row[1]:.2f} | {ratio_t} | {ratio_m} |", flush=True)
+        del inputs
+        torch.cuda.empty_cache()
+
+
+def _gpu_tune() -> None:
+    """Sweep the kernel's tuned constants (bf16, H=4096, fwd+bwd median ms): BLOCK_V and num_warps at
+    N=8k, V=128k; rows per chunk at N=8k and N=32k, V=128k."""
+    import igot.kernels.fused_linear_ce as kernel_module
+
+    defaults = (kernel_module._BLOCK_V, kernel_module._NUM_WARPS, kernel_module._CHUNK_ROWS)
+    print("| N | V | BLOCK_V | num_warps | chunk rows | median ms | peak GiB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    sweeps = {8192: [(b, w, defaults[2]) for b, w in ((2048, 8), (4096, 4), (4096, 8), (8192, 8), (8192, 16))]}
+    sweeps[8192] += [(defaults[0], defaults[1], rows) for rows in (1024, 4096, 8192)]
+    sweeps[32_768] = [(defaults[0], defaults[1], rows) for rows in (1024, 2048, 4096, 8192)]
+    for n, settings in sweeps.items():
+        inputs = setup(n, 131_072, 4096, torch.bfloat16, "cuda")
+        for block_v, warps, rows in settings:
+            kernel_module._BLOCK_V, kernel_module._NUM_WARPS, kernel_module._CHUNK_ROWS = block_v, warps, rows
+            ms, peak = _gpu_measure(_igot, inputs)
+            print(f"| {n} | 131072 | {block_v} | {warps} | {rows} | {ms:.2f} | {peak:.2f} |", flush=True)
+        del inputs
+    kernel_module._BLOCK_V, kernel_module._NUM_WARPS, kernel_module._CHUNK_ROWS = defaults
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--cpu-child":
+        name, n, v, h, repeats = sys.argv[2], *map(int, sys.argv[3:7])
+        _cpu_child(name, n, v, h, repeats)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one small shape, one repeat")
+    parser.add_argument("--gpu", action="store_true", help="CUDA bfloat16 tables (needs a GPU)")
+    parser.add_argument("--tune", action="store_true", help="with --gpu: sweep block size, warps, chunk")
+    parser.add_argument("--tokens", type=int, default=None, help="CPU: number of tokens N (default 4096)")
+    args = parser.parse_args()
+    print(f"`python benchmarks/bench_fused_linear_ce.py {' '.join(sys.argv[1:])}`\n")
+    if args.gpu:
+        _gpu_tune() if args.tune else _gpu_main(args)
+    else:
+        _cpu_main(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Fused linear cross-entropy on the GPU: Triton row kernels, chunk launchers, autograd Function.
+
+Design (one pass over the tokens in chunks of rows, never the N×V logits):
+  per chunk of C rows: logits = h_c·Wᵀ (cuBLAS, tensor cores) into one reused [C, V] buffer;
+  `_fused_linear_ce_fwd_kernel` (one program per row) streams over V in blocks with an online
+  logsumexp in fp32, reads the K target logits, and, when gradients are wanted, overwrites the buffer
+  with d_logits = (n_valid·softmax − onehot_count)·scale; then grad_h_c = d·W and
+  grad_W += dᵀ·h_c (fp32 accumulator), grad_b += Σ_rows d.
+With reduction "mean"/"sum" and a backward guaranteed (some input requires grad), the gradients are made
+inside forward (as Liger-Kernel and torch's chunked linear_cross_entropy do): 3 matmuls of N·V·H
+(6·N·V·H flops, like naive torch) instead of 4 for a recompute in backward; backward only scales them by
+the upstream gradient. With reduction "none" the upstream gradient differs per row, so forward keeps the
+per-row lse and `_fused_linear_ce_bwd_kernel` recomputes each chunk in backward.
+A fully fused tl.dot kernel (Apple's Cut Cross-Entropy) needs the lse before the softmax, hence 4 matmuls
+of N·V·H plus atomics on both gradients; at these shapes cuBLAS on 3 matmuls is the faster route.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# Measured on an H100 (bf16, V=131,072, N=8,192, H=4,096, fwd+bwd; benchmarks/bench_fused_linear_ce.py
+# --gpu --tune): BLOCK_V 1024..8192 × num_warps 4/8/16 all gave 51.3-53.6 ms (the row kernel is
+# memory-bound and small next to the matmuls), so these are not critical.
+_BLOCK_V = 4096
+_NUM_WARPS = 8
+# Rows per chunk. Each chunk reads and writes the fp32 grad_W once (8·V·H bytes) against 2·C·V·H flops of
+# its grad_W matmul, so C below ~1,000 turns the chunk memory-bound. Same H100 sweep, as logits-buffer
+# size at V=131,072: 512 rows 101.6 ms, 1,024 rows 51.8 ms, 2,048 rows 47.0 ms, 4,096 rows 44.7 ms
+# (naive torch 41.8 ms); 2,048 keeps the buffer at 2,048×V (0.5 GiB at V=128k in bf16).
+_CHUNK_ROWS = 2048
+
+_addmm_out_dtype_works: bool | None = None  # probed once: torch.addmm(..., out_dtype=torch.float32)
+
+
+@triton.jit
+def _write_logits_grad(
+    row_ptr, offset_ptr, target_ptr, lse, n_valid, scale, n_vocab, ignore_index,
+    K: tl.constexpr, HAS_OFFSET: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    """Overwrite one row of logits with scale·(n_valid·softmax − count of each valid target)."""
+    for start in range(0, n_vocab, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        in_range = cols < n_vocab
+        logits = tl.load(row_ptr + cols, mask=in_range, other=0.0).to(tl.float32)
+        if HAS_OFFSET:
+            logits += tl.load(offset_ptr + cols, mask=in_range, other=0.0)
+        grad = tl.exp(logits - lse) * (n_valid * scale)
+        for k in tl.static_range(K):
+            target = tl.load(target_ptr + k)
+            grad -= tl.where((cols == target) & (target != ignore_index), scale, 0.0)
+        tl.store(row_ptr + cols, grad.to(row_ptr.dtype.element_ty), mask=in_range)
+
+
+@triton.jit
+def _fused_linear_ce_fwd_kernel(
+    logits_ptr, stride_logits, offset_ptr, targets_ptr, stride_targets, scale_ptr, stride_scale,
+    lse_ptr, loss_ptr, n_vocab, ignore_index,
+    K: tl.constexpr, HAS_OFFSET: tl.constexpr, COMPUTE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    """One row: online fp32 logsumexp over V blocks, the row's loss, and (COMPUTE_GRAD) d_logits in place."""
+    row = tl.program_id(0).to(tl.int64)
+    row_ptr = logits_ptr + row * stride_logits
+    target_ptr = targets_ptr + row * stride_targets
+    running_max = float("-inf")
+    running_sum = 0.0
+    for start in range(0, n_vocab, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        in_range = cols < n_vocab
+        logits = tl.load(row_ptr + cols, mask=in_range, other=float("-inf")).to(tl.float32)
+        if HAS_OFFSET:
+            logits += tl.load(offset_ptr + cols, mask=in_range, other=0.0)
+        # every block holds an in-range column, so new_max is finite (excluded rows sit at −1e30, not −inf)
+        new_max = tl.maximum(running_max, tl.max(logits, 0))
+        running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(logits - new_max), 0)
+        running_max = new_max
+    lse = running_max + tl.log(running_sum)
+
+    n_valid = 0.0
+    target_logit_sum = 0.0
+    for k in tl.static_range(K):
+        target = tl.load(target_ptr + k)
+        valid = target != ignore_index
+        safe_target = tl.where(valid, target, 0)
+        target_logit = tl.load(row_ptr + safe_target).to(tl.float32)
+        if HAS_OFFSET:
+            target_logit += tl.load(offset_ptr + safe_target)
+        target_logit_sum += tl.where(valid, target_logit, 0.0)
+        n_valid += valid.to(tl.float32)
+    tl.store(lse_ptr + row, lse)
+    tl.store(loss_ptr + row, n_valid * lse - target_logit_sum)
+
+    if COMPUTE_GRAD:
+        scale = tl.load(scale_ptr + row * stride_scale)
+        _write_logits_grad(row_ptr, offset_ptr, target_ptr, lse, n_valid, scale, n_vocab, ignore_index,
+                           K, HAS_OFFSET, BLOCK_V)
+
+
+@triton.jit
+def _fused_linear_ce_bwd_kernel(
+    logits_ptr, stride_logits, offset_ptr, targets_ptr, stride_targets, scale_ptr, stride_scale,
+    lse_ptr, n_vocab, ignore_index,
+    K: tl.constexpr, HAS_OFFSET: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    """One row of recomputed logits, given its lse: overwrite it with d_logits."""
+    row = tl.program_id(0).to(tl.int64)
+    target_ptr = targets_ptr + row * stride_targets
+    n_valid = 0.0
+    for k in tl.static_range(K):
+        n_valid += (tl.load(target_ptr + k) != ignore_index).to(tl.float32)
+    _write_logits_grad(logits_ptr + row * stride_logits, offset_ptr, target_ptr, tl.load(lse_ptr + row),
+                       n_valid, tl.load(scale_ptr + row * stride_scale), n_vocab, ignore_index,
+                       K, HAS_OFFSET, BLOCK_V)
+
+
+def fused_linear_ce_forward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    offset: torch.Tensor | None,
+    targets: torch.Tensor,
+    ignore_index: int,
+    scale: torch.Tensor | None = None,
+    need_grads: tuple[bool, bool, bool] = (False, False, False),
+    chunk_rows: int | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Per-row loss and lse; with `scale`, also the gradients (hidden, weight, bias) scaled by it.
+
+    Args:
+        hidden: [N, H] contiguous; weight: [V, H] contiguous, same dtype.
+        offset: fp32 [V] added to every row's logits (bias and vocab_mask), or None.
+        targets: int64 [N, K]; ignore_index: target value that counts for nothing.
+        scale: fp32 upstream gradient of each row's loss, 0-d (all rows) or [N]; None for no gradients.
+        need_grads: which of (hidden, weight, bias) gradients to make when scale is given.
+        chunk_rows: rows per chunk (None: _CHUNK_ROWS).
+    Returns:
+        (loss_rows fp32 [N], lse fp32 [N], grad_hidden, grad_weight, grad_bias); a gradient is None when
+        not asked for; grad_weight and grad_bias are fp32.
+    """
+    return _run_chunks(hidden, weight, offset, targets, ignore_index, None, scale, need_grads, chunk_rows)
+
+
+def fused_linear_ce_backward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    offset: torch.Tensor | None,
+    targets: torch.Tensor,
+    ignore_index: int,
+    lse: torch.Tensor,
+    scale: torch.Tensor,
+    need_grads: tuple[bool, bool, bool],
+    chunk_rows: int | None = None,
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients (hidden, weight, bias) from the forward's lse, recomputing each chunk's logits.
+
+    Arguments as in fused_linear_ce_forward, plus lse: fp32 [N] from it. Returns (grad_hidden,
+    grad_weight fp32, grad_bias fp32), None where not asked for.
+    """
+    return _run_chunks(hidden, weight, offset, targets, ignore_index, lse, scale, need_grads, chunk_rows)[2:]
+
+
+def _run_chunks(hidden, weight, offset, targets, ignore_index, lse, scale, need_grads, chunk_rows):  # type: ignore[no-untyped-def]
+    n_rows, n_vocab = hidden.shape[0], weight.shape[0]
+    device = hidden.device
+    recompute = lse is not None
+    compute_grad = scale is not None
+    need_hidden, need_weight, need_bias = need_grads if compute_grad else (False, False, False)
+    if not recompute:
+        lse = torch.empty(n_rows, dtype=torch.float32, device=device)  # [N]
+    loss_rows = None if recompute else torch.empty(n_rows, dtype=torch.float32, device=device)  # [N]
+    grad_hidden = torch.empty_like(hidden) if need_hidden else None
+    grad_weight = torch.empty(weight.shape, dtype=torch.float32, device=device) if need_weight else None
+    grad_bias = torch.zeros(n_vocab, dtype=torch.float32, device=device) if need_bias else None
+    if compute_grad:
+        scale = scale.float()
+        stride_scale = scale.stride(0) if scale.dim() == 1 else 0
+    else:
+        scale, stride_scale = lse, 0  # never read: COMPUTE_GRAD is off
+    chunk = min(chunk_rows or _CHUNK_ROWS, max(n_rows, 1))
+    logits_buffer = torch.empty((chunk, n_vocab), dtype=hidden.dtype, device=device)  # [C, V]
+    block_v = min(_BLOCK_V, triton.next_power_of_2(n_vocab))
+    offset_arg = offset if offset is not None else lse  # dummy pointer when HAS_OFFSET is off
+    for start in range(0, n_rows, chunk):
+        stop = min(start + chunk, n_rows)
+        hidden_chunk = hidden[start:stop]  # [C, H]
+        logits = logits_buffer[: stop - start]  # [C, V]
+        torch.mm(hidden_chunk, weight.T, out=logits)
+        scale_chunk = scale[start:stop] if stride_scale else scale
+        common = dict(K=targets.shape[1], HAS_OFFSET=offset is not None, BLOCK_V=block_v, num_warps=_NUM_WARPS)
+        if recompute:
+            _fused_linear_ce_bwd_kernel[(stop - start,)](
+                logits, logits.stride(0), offset_arg, targets[start:stop], targets.stride(0),
+                scale_chunk, stride_scale, lse[start:stop], n_vocab, ignore_index, **common,
+            )
+        else:
+            _fused_linear_ce_fwd_kernel[(stop - start,)](
+                logits, logits.stride(0), offset_arg, targets[start:stop], targets.stride(0),
+                scale_chunk, stride_scale, lse[start:stop], loss_rows[start:stop], n_vocab, ignore_index,
+                COMPUTE_GRAD=compute_grad, **common,
+            )
+        if need_hidden:
+            torch.mm(logits, weight, out=grad_hidden[start:stop])
+        if need_weight:
+            _accumulate_weight_grad(grad_weight, logits, hidden_chunk, first=start == 0)
+        if need_bias:
+            grad_bias += logits.sum(0, dtype=torch.float32)
+    if need_weight and n_rows == 0:
+        grad_weight.zero_()
+    return loss_rows, lse, grad_hidden, grad_weight, grad_bias
+
+
+def _accumulate_weight_grad(grad_weight: torch.Tensor, grad_logits: torch.Tensor, hidden_chunk: torch.Tensor,
+                            first: bool) -> None:
+    """grad_weight (fp32 [V, H]) += grad_logitsᵀ·hidden_chunk (= on the first chunk: no zero-fill pass),
+    summed in fp32 also for 16-bit inputs."""
+    global _addmm_out_dtype_works
+    beta = 0.0 if first else 1.0  # beta=0: the uninitialised accumulator is not read
+    if grad_logits.dtype == torch.float32:
+        torch.addmm(grad_weight, grad_logits.T, hidden_chunk, beta=beta, out=grad_weight)
+        return
+    if _addmm_out_dtype_works is not False:
+        try:  # cuBLAS: 16-bit operands, fp32 accumulator read and written in place
+            torch.addmm(grad_weight, grad_logits.T, hidden_chunk, beta=beta, out_dtype=torch.float32, out=grad_weight)
+            _addmm_out_dtype_works = True
+            return
+        except (RuntimeError, TypeError, NotImplementedError):
+            _addmm_out_dtype_works = False
+    partial = (grad_logits.T @ hidden_chunk).float()  # the chunk's sum rounded once; chunks summed in fp32
+    grad_weight.copy_(partial) if first else grad_weight.add_(partial)
+
+
+class FusedLinearCEFunction(torch.autograd.Function):
+    """Autograd Function over the launchers; takes the prepared arguments of
+    igot.ops.fused_linear_cross_entropy (hidden, weight, bias, targets [N, K] int64, offset, ignore_index,
+    reduction) and returns (loss fp32, lse fp32 [N])."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, offset, ignore_index, reduction):  # type: ignore[no-untyped-def]
+        need_grads = tuple(ctx.needs_input_grad[:3])
+        n_valid = (targets != ignore_index).sum()
+        unit_scale = 1.0 / n_valid.clamp(min=1).float() if reduction == "mean" else torch.ones((), device=hidden.device)
+        grads_in_forward = reduction != "none" and any(need_grads)
+        loss_rows, lse, grad_hidden, grad_weight, grad_bias = fused_linear_ce_forward(
+            hidden, weight, offset, targets, ignore_index,
+            scale=unit_scale if grads_in_forward else None, need_grads=need_grads,
+        )
+        ctx.mark_non_differentiable(lse)
+        ctx.reduction, ctx.ignore_index, ctx.need_grads = reduction, ignore_index, need_grads
+        ctx.grads_in_forward = grads_in_forward
+        if grads_in_forward:
+            ctx.grads = [grad_hidden, grad_weight, grad_bias]
+        else:
+            ctx.save_for_backward(hidden, weight, targets, offset, lse)
+        ctx.weight_dtype, ctx.bias_dtype = weight.dtype, None if bias is None else bias.dtype
+        if reduction == "none":
+            return loss_rows, lse
+        return loss_rows.sum() * unit_scale, lse
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_lse):  # type: ignore[no-untyped-def]
+        if ctx.grads_in_forward:
+            if ctx.grads is None:
+                raise RuntimeError("fused_linear_cross_entropy: backward ran twice; its gradients were "
+                                   "made in forward and are consumed by the first backward")
+            (grad_hidden, grad_weight, grad_bias), ctx.grads = ctx.grads, None
+            if grad_hidden is not None:  # in place: this buffer belongs to this call alone
+                grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
+        else:
+            hidden, weight, targets, offset, lse = ctx.saved_tensors
+            grad_hidden, grad_weight, grad_bias = fused_linear_ce_backward(
+                hidden, weight, offset, targets, ctx.ignore_index, lse, grad_loss, ctx.need_grads
+            )
+            grad_loss = None  # already folded in
+        return grad_hidden, _scale_cast(grad_weight, grad_loss, ctx.weight_dtype), \
+            _scale_cast(grad_bias, grad_loss, ctx.bias_dtype), None, None, None, None
+
+
+def _scale_cast(grad: torch.Tensor | None, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """An fp32 gradient times scale, cast to dtype, in one pass (no separate cast of the V×H buffer)."""
+    if grad is None:
+        return None
+    if scale is None:
+        return grad.to(dtype)
+    if dtype == grad.dtype:
+        return grad.mul_(scale)
+    return torch.mul(grad, scale, out=torch.empty(grad.shape, dtype=dtype, device=grad.device))

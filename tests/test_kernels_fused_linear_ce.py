@@ -1,0 +1,210 @@
+"""Fused linear cross-entropy: the Triton kernel (interpreted on CPU in CI) and the chunked torch twin,
+each against a float64 reference that materialises the logits."""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from igot.ops import fused_linear_cross_entropy
+import igot.ops.fused_linear_ce as twin_module
+
+BACKENDS = ["torch", "triton"]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # tests/conftest.py sets it where there is no GPU
+
+
+def default_device(backend):
+    """Where a backend runs here: the twin on CPU; Triton on CPU when interpreted, else on the GPU."""
+    return "cpu" if backend == "torch" or INTERPRETED else "cuda"
+
+
+def reference_loss(hidden, weight, targets, bias=None, ignore_index=-100, reduction="mean", vocab_mask=None):
+    """Ground truth in float64 with the full [N, V] logits: Σ over valid (row, target) of lse − z."""
+    logits = F.linear(hidden.double(), weight.double(), None if bias is None else bias.double())  # [N, V]
+    if vocab_mask is not None:
+        logits = logits.masked_fill(~vocab_mask, float("-inf"))
+    lse = logits.logsumexp(-1)  # [N]
+    targets_2d = targets if targets.dim() == 2 else targets[:, None]  # [N, K]
+    valid = targets_2d != ignore_index
+    pair_loss = (lse[:, None] - logits.gather(1, targets_2d.clamp(0, weight.shape[0] - 1))) * valid
+    rows = pair_loss.sum(1)  # [N]
+    if reduction == "none":
+        return rows, lse
+    total = rows.sum()
+    return (total / valid.sum().clamp(min=1) if reduction == "mean" else total), lse
+
+
+def make_inputs(n, v, h, k, *, ignore_share=0.25, bias=True, mask=False, dtype=torch.float32, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=gen, dtype=torch.float64)
+    weight = torch.randn(v, h, generator=gen, dtype=torch.float64) / h**0.5 * 4
+    bias_t = torch.randn(v, generator=gen, dtype=torch.float64) if bias else None
+    vocab_mask = None
+    high = v
+    if mask:
+        vocab_mask = torch.rand(v, generator=gen) > 0.2
+        vocab_mask[0] = True
+    shape = (n,) if k == 1 else (n, k)
+    targets = torch.randint(0, high, shape, generator=gen)
+    if vocab_mask is not None:  # valid targets only on kept rows
+        kept = vocab_mask.nonzero().flatten()
+        targets = kept[torch.randint(0, len(kept), shape, generator=gen)]
+    targets[torch.rand(shape, generator=gen) < ignore_share] = -100
+    cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)
+    return dict(hidden=cast(hidden), weight=cast(weight), bias=cast(bias_t), targets=targets.to(device),
+                vocab_mask=None if vocab_mask is None else vocab_mask.to(device))
+
+
+def run_both(inputs, backend, monkeypatch, reduction="mean", ignore_index=-100, return_lse=True):
+    """(fast loss, lse, grads) and (reference loss, lse, grads) for one random upstream gradient."""
+    monkeypatch.setenv("IGOT_KERNELS", backend)
+    leaves = {name: inputs[name] for name in ("hidden", "weight", "bias") if inputs[name] is not None}
+    fast_leaves = {name: t.clone().requires_grad_() for name, t in leaves.items()}
+    ref_leaves = {name: t.double().clone().requires_grad_() for name, t in leaves.items()}
+    rest = dict(targets=inputs["targets"], vocab_mask=inputs["vocab_mask"], ignore_index=ignore_index, reduction=reduction)
+    loss, lse = fused_linear_cross_entropy(**fast_leaves, **rest, return_lse=True)
+    ref_loss, ref_lse = reference_loss(**{"bias": None, **ref_leaves}, **rest)
+    upstream = torch.randn(ref_loss.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    (loss.double() * upstream.to(loss.device)).sum().backward()
+    (ref_loss * upstream.to(ref_loss.device)).sum().backward()
+    grads = {name: t.grad for name, t in fast_leaves.items()}
+    ref_grads = {name: t.grad for name, t in ref_leaves.items()}
+    return (loss, lse, grads), (ref_loss, ref_lse, ref_grads)
+
+
+def assert_matches(fast, ref, tol):
+    (loss, lse, grads), (ref_loss, ref_lse, ref_grads) = fast, ref
+    assert loss.dtype == torch.float32 and lse.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), ref_loss, **tol)
+    torch.testing.assert_close(lse.double(), ref_lse, **tol)
+    for name, ref_grad in ref_grads.items():
+        assert grads[name].dtype == ref_grad.dtype or grads[name].dtype != torch.float64
+        torch.testing.assert_close(grads[name].double(), ref_grad, **tol, msg=lambda m: f"grad {name}: {m}")
+
+
+FP32 = dict(rtol=2e-5, atol=2e-6)
+
+CASES = [  # n, v, h, k, reduction, bias, mask
+    (37, 301, 48, 1, "mean", True, False),  # odd sizes, K = 1: plain cross-entropy
+    (37, 301, 48, 4, "mean", False, True),  # patch loss with excluded vocabulary rows
+    (19, 130, 24, 1, "sum", True, True),
+    (23, 77, 16, 4, "none", True, False),
+    (8, 5000, 16, 2, "sum", False, False),  # several V blocks per row
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,v,h,k,reduction,bias,mask", CASES)
+def test_matches_float64_reference(n, v, h, k, reduction, bias, mask, backend, device, monkeypatch):
+    if backend == "triton" and device == "cpu" and not INTERPRETED:
+        pytest.skip("compiled Triton needs CUDA tensors")
+    inputs = make_inputs(n, v, h, k, bias=bias, mask=mask, device=device)
+    fast, ref = run_both(inputs, backend, monkeypatch, reduction=reduction)
+    assert_matches(fast, ref, FP32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_many_chunks_match_one(backend, monkeypatch):
+    """Chunk boundaries (with a short last chunk) change nothing."""
+    monkeypatch.setattr(twin_module, "_TWIN_CHUNK_ELEMENTS", 7 * 130)
+    if backend == "triton":
+        import igot.kernels.fused_linear_ce as kernel_module
+
+        monkeypatch.setattr(kernel_module, "_CHUNK_ROWS", 7)
+    inputs = make_inputs(31, 130, 24, 4, mask=True, device=default_device(backend))
+    for reduction in ("mean", "none"):
+        fast, ref = run_both(inputs, backend, monkeypatch, reduction=reduction)
+        assert_matches(fast, ref, FP32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_all_rows_ignored_give_zero_loss_and_zero_grads(backend, reduction, monkeypatch):
+    inputs = make_inputs(9, 60, 16, 4, ignore_share=1.0, device=default_device(backend))
+    (loss, lse, grads), _ = run_both(inputs, backend, monkeypatch, reduction=reduction)
+    assert torch.isfinite(lse).all()
+    assert (loss == 0).all()
+    for grad in grads.values():
+        assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ignore_index_inside_vocabulary(backend, monkeypatch):
+    """A pad id that is also a vocabulary row (ignore_index=0) is ignored, not trained towards."""
+    inputs = make_inputs(17, 90, 16, 2, ignore_share=0.0, device=default_device(backend))
+    inputs["targets"][::3, 0] = 0
+    fast, ref = run_both(inputs, backend, monkeypatch, ignore_index=0)
+    assert_matches(fast, ref, FP32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_k1_equals_torch_cross_entropy(backend, monkeypatch):
+    monkeypatch.setenv("IGOT_KERNELS", backend)
+    inputs = make_inputs(29, 211, 32, 1, device=default_device(backend))
+    hidden, weight, bias, targets = inputs["hidden"], inputs["weight"], inputs["bias"], inputs["targets"]
+    expected = F.cross_entropy(F.linear(hidden, weight, bias), targets)
+    torch.testing.assert_close(fused_linear_cross_entropy(hidden, weight, targets, bias=bias), expected, **FP32)
+    if hasattr(F, "linear_cross_entropy"):  # torch >= 2.10 has its own (K = 1 only)
+        theirs = F.linear_cross_entropy(hidden, weight, targets, linear_bias=bias)
+        torch.testing.assert_close(fused_linear_cross_entropy(hidden, weight, targets, bias=bias), theirs, **FP32)
+
+
+def test_twin_gradcheck_float64(monkeypatch):
+    monkeypatch.setenv("IGOT_KERNELS", "torch")
+    monkeypatch.setattr(twin_module, "_TWIN_CHUNK_ELEMENTS", 2 * 11)  # several chunks
+    inputs = make_inputs(6, 11, 5, 3, dtype=torch.float64, mask=True, ignore_share=0.3)
+    for reduction in ("mean", "none"):
+        torch.autograd.gradcheck(
+            lambda h, w, b: fused_linear_cross_entropy(h, w, inputs["targets"], bias=b, reduction=reduction,
+                                                        vocab_mask=inputs["vocab_mask"]),
+            tuple(inputs[n].clone().requires_grad_() for n in ("hidden", "weight", "bias")),
+        )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="16-bit kernels run only on a GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("k", [1, 4])
+def test_triton_16bit_on_gpu(dtype, k, monkeypatch):
+    inputs = make_inputs(300, 3001, 128, k, mask=True, dtype=dtype, device="cuda")
+    fast, ref = run_both(inputs, "triton", monkeypatch, reduction="mean")
+    (loss, lse, grads), (ref_loss, ref_lse, ref_grads) = fast, ref
+    # logits are rounded to 16 bits before the softmax, as in naive torch: compare by relative norm
+    for got, want in [(loss, ref_loss), (lse, ref_lse)] + [(grads[n], ref_grads[n]) for n in ref_grads]:
+        assert torch.isfinite(got).all()
+        assert (got.double() - want).norm() / want.norm() < 1e-2
+
+
+BAD_INPUTS = [  # (change to good inputs, exception, text in message)
+    (dict(reduction="avg"), ValueError, "reduction"),
+    (dict(targets=torch.zeros(10, dtype=torch.float32)), TypeError, "targets.dtype"),
+    (dict(targets=torch.zeros(9, dtype=torch.long)), ValueError, "targets.shape"),
+    (dict(targets=torch.zeros(10, 0, dtype=torch.long)), ValueError, "targets.shape"),
+    (dict(targets=torch.full((10,), 40)), ValueError, "outside [0, V)"),
+    (dict(targets=torch.full((10,), -3)), ValueError, "outside [0, V)"),
+    (dict(weight=torch.randn(40, 7)), ValueError, "weight.shape"),
+    (dict(weight=torch.randn(40, 8, dtype=torch.float64)), TypeError, "weight.dtype"),
+    (dict(hidden=torch.randn(10, 8).long(), weight=torch.randn(40, 8).long()), TypeError, "hidden.dtype"),
+    (dict(hidden=torch.randn(2, 10, 8)), ValueError, "hidden must be"),
+    (dict(bias=torch.randn(41)), ValueError, "bias.shape"),
+    (dict(vocab_mask=torch.ones(40)), TypeError, "vocab_mask.dtype"),
+    (dict(vocab_mask=torch.ones(39, dtype=torch.bool)), ValueError, "vocab_mask.shape"),
+    (dict(vocab_mask=torch.zeros(40, dtype=torch.bool)), ValueError, "keeps no vocabulary row"),
+    (dict(vocab_mask=torch.arange(40) != 3, targets=torch.full((10,), 3)), ValueError, "vocab_mask excludes"),
+    (dict(ignore_index=1.5), TypeError, "ignore_index"),
+    (dict(hidden=[[0.0] * 8] * 10), TypeError, "hidden must be a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("change,error,text", BAD_INPUTS)
+def test_bad_inputs_raise(change, error, text):
+    good = dict(hidden=torch.randn(10, 8), weight=torch.randn(40, 8), targets=torch.randint(0, 40, (10,)))
+    with pytest.raises(error, match=__import__("re").escape(text)):
+        fused_linear_cross_entropy(**{**good, **change})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
+def test_mixed_devices_raise():
+    with pytest.raises(ValueError, match="is on cpu"):
+        fused_linear_cross_entropy(torch.randn(4, 8, device="cuda"), torch.randn(10, 8), torch.zeros(4, dtype=torch.long))
