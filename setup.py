@@ -4,16 +4,15 @@ from glob import glob
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
 
-SOURCES = sorted(glob("csrc/*.cpp"))
 ext_modules = [
     Pybind11Extension(
         "igot._core",
-        SOURCES,
+        sorted(glob("csrc/*.cpp")),
         include_dirs=["csrc"],
         cxx_std=17,
         extra_compile_args=["-O3"],
         define_macros=[("VERSION_INFO", '"0.1.0"')],
     ),
-] if SOURCES else []  # TEMPORARY while csrc/ is being written
+]
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": build_ext})
