@@ -117,9 +117,10 @@ def _sha256(path: Path) -> str:
 class _Downloads:
     """The downloads of one fetch() call, each made at most once, into a temporary folder dropped at the end."""
 
-    def __init__(self, root: Path, log: Callable[[str], None]) -> None:
+    def __init__(self, root: Path, log: Callable[[str], None], progress: bool) -> None:
         self.root = root
         self.log = log
+        self.progress = progress  # also whether library progress bars (transformers) may show
         self.files: dict[_Source, Path] = {}
 
     def get(self, src: _Source) -> Path:
@@ -541,6 +542,19 @@ def _smollm2_tokenizer(gguf_dir: Path, out: Path) -> Any:
 
 
 def _build_smollm2(out: Path, dl: _Downloads) -> dict[str, Any]:
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if not dl.progress:
+        hf_logging.disable_progress_bar()
+    try:
+        return _convert_smollm2(out, dl)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _convert_smollm2(out: Path, dl: _Downloads) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -555,8 +569,10 @@ def _build_smollm2(out: Path, dl: _Downloads) -> dict[str, Any]:
     config = gguf_model.config.to_dict()
     config.pop("quantization_config", None)  # a GGUF-tagged model refuses save_pretrained
     config.pop("_name_or_path", None)
-    plain = LlamaForCausalLM(LlamaConfig.from_dict(config))
-    plain.load_state_dict(gguf_model.state_dict(), strict=True)
+    with torch.device("meta"):  # no random init of 135M weights that are overwritten next
+        plain = LlamaForCausalLM(LlamaConfig.from_dict(config))
+    plain.load_state_dict(gguf_model.state_dict(), strict=True, assign=True)
+    plain.tie_weights()
     plain.generation_config = gguf_model.generation_config
     plain.save_pretrained(str(out))
     del plain
@@ -697,7 +713,7 @@ def fetch(names: Iterable[str] | None = None, *, progress: bool = True, verify: 
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one fetch per cache at a time; a second waits, then finds it done
         with tempfile.TemporaryDirectory(dir=root, prefix=".downloads-") as tmp:
-            dl = _Downloads(Path(tmp), log)
+            dl = _Downloads(Path(tmp), log, progress)
             for i, name in enumerate(wanted, 1):
                 t0 = time.perf_counter()
                 try:
