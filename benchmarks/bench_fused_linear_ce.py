@@ -95,7 +95,7 @@ def _cpu_child(name: str, n: int, v: int, h: int, repeats: int) -> None:
 
 def _cpu_main(args: argparse.Namespace) -> None:
     n = args.tokens or (512 if args.quick else 4096)
-    repeats = 1 if args.quick else 3
+    repeats = args.repeats or (1 if args.quick else 3)
     shapes = [("SmolLM2 + 2k new tokens", 576, _pad(49_152 + 2_000, 64)), ("262k vocabulary", 640, 262_144)]
     names = list(variants(gpu=False))
     print(f"CPU float32, N={n} tokens, fwd+bwd, median of {repeats}; peak = RSS growth over the inputs\n")
@@ -175,20 +175,22 @@ def _gpu_tune() -> None:
     N=8k, V=128k; rows per chunk at N=8k and N=32k, V=128k."""
     import igot.kernels.fused_linear_ce as kernel_module
 
-    defaults = (kernel_module._BLOCK_V, kernel_module._NUM_WARPS, kernel_module._CHUNK_ROWS)
+    defaults = (kernel_module._BLOCK_V, kernel_module._NUM_WARPS, kernel_module._default_chunk_rows)
+    default_rows = defaults[2](4096)
     print("| N | V | BLOCK_V | num_warps | chunk rows | median ms | peak GiB |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
-    sweeps = {8192: [(b, w, defaults[2]) for b, w in ((2048, 8), (4096, 4), (4096, 8), (8192, 8), (8192, 16))]}
-    sweeps[8192] += [(defaults[0], defaults[1], rows) for rows in (1024, 4096, 8192)]
+    sweeps = {8192: [(b, w, default_rows) for b, w in ((2048, 8), (4096, 4), (4096, 8), (8192, 8), (8192, 16))]}
+    sweeps[8192] += [(defaults[0], defaults[1], rows) for rows in (1024, 2048, 8192)]
     sweeps[32_768] = [(defaults[0], defaults[1], rows) for rows in (1024, 2048, 4096, 8192)]
     for n, settings in sweeps.items():
         inputs = setup(n, 131_072, 4096, torch.bfloat16, "cuda")
         for block_v, warps, rows in settings:
-            kernel_module._BLOCK_V, kernel_module._NUM_WARPS, kernel_module._CHUNK_ROWS = block_v, warps, rows
+            kernel_module._BLOCK_V, kernel_module._NUM_WARPS = block_v, warps
+            kernel_module._default_chunk_rows = lambda n_hidden, rows=rows: rows
             ms, peak = _gpu_measure(_igot, inputs)
             print(f"| {n} | 131072 | {block_v} | {warps} | {rows} | {ms:.2f} | {peak:.2f} |", flush=True)
         del inputs
-    kernel_module._BLOCK_V, kernel_module._NUM_WARPS, kernel_module._CHUNK_ROWS = defaults
+    kernel_module._BLOCK_V, kernel_module._NUM_WARPS, kernel_module._default_chunk_rows = defaults
 
 
 def main() -> None:
@@ -201,6 +203,7 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="CUDA bfloat16 tables (needs a GPU)")
     parser.add_argument("--tune", action="store_true", help="with --gpu: sweep block size, warps, chunk")
     parser.add_argument("--tokens", type=int, default=None, help="CPU: number of tokens N (default 4096)")
+    parser.add_argument("--repeats", type=int, default=None, help="CPU: timed runs per variant (default 3)")
     args = parser.parse_args()
     print(f"`python benchmarks/bench_fused_linear_ce.py {' '.join(sys.argv[1:])}`\n")
     if args.gpu:

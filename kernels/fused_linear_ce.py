@@ -25,11 +25,13 @@ import triton.language as tl
 # memory-bound and small next to the matmuls), so these are not critical.
 _BLOCK_V = 4096
 _NUM_WARPS = 8
-# Rows per chunk. Each chunk reads and writes the fp32 grad_W once (8·V·H bytes) against 2·C·V·H flops of
-# its grad_W matmul, so C below ~1,000 turns the chunk memory-bound. Same H100 sweep, as logits-buffer
-# size at V=131,072: 512 rows 101.6 ms, 1,024 rows 51.8 ms, 2,048 rows 47.0 ms, 4,096 rows 44.7 ms
-# (naive torch 41.8 ms); 2,048 keeps the buffer at 2,048×V (0.5 GiB at V=128k in bf16).
-_CHUNK_ROWS = 2048
+# Rows per chunk: at least _MIN_CHUNK_ROWS, else H. Each chunk reads and writes the fp32 grad_W once
+# (8·V·H bytes) against 2·C·V·H flops of its grad_W matmul, so small C turns chunks memory-bound; and
+# with C <= H the [C, V] logits buffer is no larger than the bf16 grad_W that the final cast allocates,
+# so it does not raise the peak. H100 sweep at V=131,072, H=4,096 (fwd+bwd ms, peak GiB):
+#   N=8,192:  1,024 rows 50.1; 2,048 rows 43.5; 4,096 rows 42.4 (4.16); 8,192 rows 42.4 (5.16)
+#   N=32,768: 1,024 rows 195.0; 2,048 rows 174.3; 4,096 rows 165.7 (4.53); 8,192 rows 163.7 (5.53)
+_MIN_CHUNK_ROWS = 2048
 
 _addmm_out_dtype_works: bool | None = None  # probed once: torch.addmm(..., out_dtype=torch.float32)
 
@@ -132,7 +134,7 @@ def fused_linear_ce_forward(
         targets: int64 [N, K]; ignore_index: target value that counts for nothing.
         scale: fp32 upstream gradient of each row's loss, 0-d (all rows) or [N]; None for no gradients.
         need_grads: which of (hidden, weight, bias) gradients to make when scale is given.
-        chunk_rows: rows per chunk (None: _CHUNK_ROWS).
+        chunk_rows: rows per chunk (None: max(H, _MIN_CHUNK_ROWS)).
     Returns:
         (loss_rows fp32 [N], lse fp32 [N], grad_hidden, grad_weight, grad_bias); a gradient is None when
         not asked for; grad_weight and grad_bias are fp32.
@@ -176,7 +178,7 @@ def _run_chunks(hidden, weight, offset, targets, ignore_index, lse, scale, need_
         stride_scale = scale.stride(0) if scale.dim() == 1 else 0
     else:
         scale, stride_scale = lse, 0  # never read: COMPUTE_GRAD is off
-    chunk = min(chunk_rows or _CHUNK_ROWS, max(n_rows, 1))
+    chunk = min(chunk_rows or _default_chunk_rows(hidden.shape[1]), max(n_rows, 1))
     logits_buffer = torch.empty((chunk, n_vocab), dtype=hidden.dtype, device=device)  # [C, V]
     block_v = min(_BLOCK_V, triton.next_power_of_2(n_vocab))
     offset_arg = offset if offset is not None else lse  # dummy pointer when HAS_OFFSET is off
@@ -207,6 +209,10 @@ def _run_chunks(hidden, weight, offset, targets, ignore_index, lse, scale, need_
     if need_weight and n_rows == 0:
         grad_weight.zero_()
     return loss_rows, lse, grad_hidden, grad_weight, grad_bias
+
+
+def _default_chunk_rows(n_hidden: int) -> int:
+    return max(n_hidden, _MIN_CHUNK_ROWS)
 
 
 def _accumulate_weight_grad(grad_weight: torch.Tensor, grad_logits: torch.Tensor, hidden_chunk: torch.Tensor,

@@ -112,7 +112,7 @@ def test_many_chunks_match_one(backend, monkeypatch):
     if backend == "triton":
         import igot.kernels.fused_linear_ce as kernel_module
 
-        monkeypatch.setattr(kernel_module, "_CHUNK_ROWS", 7)
+        monkeypatch.setattr(kernel_module, "_default_chunk_rows", lambda n_hidden: 7)
     inputs = make_inputs(31, 130, 24, 4, mask=True, device=default_device(backend))
     for reduction in ("mean", "none"):
         fast, ref = run_both(inputs, backend, monkeypatch, reduction=reduction)
