@@ -57,6 +57,13 @@ inline bool ids_less(const uint32_t* a, uint32_t na, const uint32_t* b, uint32_t
     return na < nb;
 }
 
+inline bool same_ids(const uint32_t* a, const uint32_t* b, uint32_t length) {
+    for (uint32_t k = 0; k < length; ++k) {
+        if (a[k] != b[k]) return false;
+    }
+    return true;
+}
+
 struct Slot {
     uint64_t hash;
     uint64_t ref;
@@ -97,7 +104,7 @@ public:
                 return;
             }
             if (s.hash == hash && ref_len(s.ref) == length &&
-                std::memcmp(base + ref_pos(s.ref), key, length * sizeof(uint32_t)) == 0) {
+                same_ids(base + ref_pos(s.ref), key, length)) {
                 s.count += count;
                 return;
             }
@@ -112,7 +119,7 @@ public:
             const Slot& s = slots_[i];
             if (s.count == 0) return nullptr;
             if (s.hash == hash && ref_len(s.ref) == length &&
-                std::memcmp(base + ref_pos(s.ref), ids, length * sizeof(uint32_t)) == 0) {
+                same_ids(base + ref_pos(s.ref), ids, length)) {
                 return &s;
             }
             i = (i + 1) & mask_;
@@ -127,19 +134,43 @@ public:
     }
 
     // Moves the stored keys within [lo, last] to the front, sorted by (hash, key); returns how many.
-    // The table is unusable afterwards until reset().
+    // The slot index is the hash's top bits, so the slots are already in hash order except for short
+    // probe displacements and the few keys that wrapped around the end: an insertion sort after
+    // moving those to the back costs about one pass. The table is unusable afterwards until reset().
     size_t compact_sorted(uint64_t lo, uint64_t last, const uint32_t* base) {
+        auto in_range = [lo, last](const Slot& s) {
+            return s.count != 0 && range_key(s.hash) >= lo && range_key(s.hash) <= last;
+        };
+        std::vector<Slot> wrapped;
         size_t m = 0;
-        for (const Slot& s : slots_) {
-            if (s.count != 0 && range_key(s.hash) >= lo && range_key(s.hash) <= last) slots_[m++] = s;
+        for (size_t i = 0; i < slots_.size(); ++i) {
+            const Slot s = slots_[i];
+            if (!in_range(s)) continue;
+            if ((s.hash >> shift_) > i) {
+                wrapped.push_back(s);
+            } else {
+                slots_[m++] = s;
+            }
         }
-        std::sort(slots_.begin(), slots_.begin() + m, [base](const Slot& a, const Slot& b) {
+        for (const Slot& s : wrapped) slots_[m++] = s;
+        auto less = [base](const Slot& a, const Slot& b) {
             if (a.hash != b.hash) return a.hash < b.hash;
             return ids_less(base + ref_pos(a.ref), ref_len(a.ref), base + ref_pos(b.ref), ref_len(b.ref));
-        });
+        };
+        for (size_t i = 1; i < m; ++i) {
+            const Slot s = slots_[i];
+            size_t j = i;
+            while (j > 0 && less(s, slots_[j - 1])) {
+                slots_[j] = slots_[j - 1];
+                --j;
+            }
+            slots_[j] = s;
+        }
         size_ = 0;
         return m;
     }
+
+    void prefetch(uint64_t hash) const { __builtin_prefetch(slots_.data() + (hash >> shift_)); }
 
     const std::vector<Slot>& slots() const { return slots_; }
 
@@ -272,9 +303,9 @@ std::vector<Slot> count_keys(const uint32_t* base, size_t work, const Scan& scan
                     table.drop_above(last.load());
                 }
             };
-            auto emit = [&](uint64_t hash, uint64_t ref, int64_t count) {
+            auto insert = [&](const Slot& key) {
                 if (bounded) {
-                    const uint64_t r = range_key(hash);
+                    const uint64_t r = range_key(key.hash);
                     if (r < lo || r > last.load(std::memory_order_relaxed)) return;
                     if (table.needs_grow()) {
                         make_room();
@@ -284,9 +315,25 @@ std::vector<Slot> count_keys(const uint32_t* base, size_t work, const Scan& scan
                 } else if (table.needs_grow()) {
                     table.grow();
                 }
-                table.add(hash, ref, count, base);
+                table.add(key.hash, key.ref, key.count, base);
+            };
+            // Keys wait kAhead emits between the prefetch of their slot and their insertion, so the
+            // cache misses of the (large, random-access) table overlap instead of adding up.
+            constexpr size_t kAhead = 16;
+            Slot pending[kAhead];
+            size_t n_pending = 0, next = 0;
+            auto emit = [&](uint64_t hash, uint64_t ref, int64_t count) {
+                table.prefetch(hash);
+                if (n_pending == kAhead) {
+                    insert(pending[next]);
+                } else {
+                    ++n_pending;
+                }
+                pending[next] = Slot{hash, ref, count};
+                next = (next + 1) % kAhead;
             };
             scan_chunk(scan, work, t, k, counting, emit);
+            for (size_t j = 0; j < n_pending; ++j) insert(pending[(next + kAhead - n_pending + j) % kAhead]);
             peak_bytes[t] = std::max<uint64_t>(peak_bytes[t], table.bytes());
         });
         const uint64_t final_last = last.load();
@@ -347,6 +394,7 @@ std::vector<Slot> count_keys(const uint32_t* base, size_t work, const Scan& scan
     stats.peak_table_bytes = peak;
     tables.clear();
 
+    if (k == 1) return std::move(kept[0]);
     size_t total = 0;
     for (const auto& v : kept) total += v.size();
     std::vector<Slot> out;
@@ -358,31 +406,82 @@ std::vector<Slot> count_keys(const uint32_t* base, size_t work, const Scan& scan
     return out;
 }
 
-// Sorts by count desc then ids, in parallel chunks merged pairwise.
-void sort_by_count(std::vector<Slot>& keys, const uint32_t* base, int threads) {
-    auto less = [base](const Slot& a, const Slot& b) {
-        if (a.count != b.count) return a.count > b.count;
-        return ids_less(base + ref_pos(a.ref), ref_len(a.ref), base + ref_pos(b.ref), ref_len(b.ref));
-    };
-    const size_t k = std::max<size_t>(1, std::min<size_t>(resolve_threads(threads), keys.size() / 65536));
-    std::vector<size_t> cut(k + 1);
-    for (size_t t = 0; t <= k; ++t) cut[t] = keys.size() * t / k;
-    Workers sorting;
-    sorting.run(k, [&](size_t t) { std::sort(keys.begin() + cut[t], keys.begin() + cut[t + 1], less); });
-    for (size_t step = 1; step < k; step *= 2) {
-        std::vector<size_t> firsts;
-        for (size_t t = 0; t + step < k; t += 2 * step) firsts.push_back(t);
-        Workers merging;
-        merging.run(firsts.size(), [&](size_t j) {
-            const size_t t = firsts[j];
-            std::inplace_merge(keys.begin() + cut[t], keys.begin() + cut[t + step],
-                               keys.begin() + cut[std::min(k, t + 2 * step)], less);
-        });
+inline int bit_width(uint64_t v) {
+    int bits = 0;
+    while (v != 0) {
+        ++bits;
+        v >>= 1;
     }
+    return bits;
+}
+
+// Sorts by count desc then ids. Each key gets a 128-bit sort key packing (max_count - count, then
+// id + 1 for as many leading ids as fit, 0 past the end so a prefix sorts first) in as few bits as
+// the data needs; an LSD radix sort orders those, and only runs of equal sort keys (same count and
+// same leading ids) are compared id by id.
+void sort_by_count(std::vector<Slot>& keys, const uint32_t* base) {
+    const size_t n = keys.size();
+    if (n < 2) return;
+    int64_t max_count = 1;
+    uint32_t max_id = 0;
+    for (const Slot& s : keys) {
+        max_count = std::max(max_count, s.count);
+        const uint32_t* ids = base + ref_pos(s.ref);
+        max_id = std::max(max_id, *std::max_element(ids, ids + std::min<uint32_t>(ref_len(s.ref), 6)));
+    }
+    const int count_bits = bit_width(static_cast<uint64_t>(max_count - 1));
+    const int id_bits = bit_width(uint64_t(max_id) + 1);
+    const int packed_ids = std::min(6, (128 - count_bits) / id_bits);
+    struct Item {
+        __uint128_t key;
+        uint64_t slot;
+    };
+    std::vector<Item> items(n), buffer(n);
+    for (size_t i = 0; i < n; ++i) {
+        const Slot& s = keys[i];
+        const uint32_t* ids = base + ref_pos(s.ref);
+        __uint128_t key = static_cast<uint64_t>(max_count - s.count);
+        for (int j = 0; j < packed_ids; ++j) {
+            key = (key << id_bits) | (static_cast<uint32_t>(j) < ref_len(s.ref) ? uint64_t(ids[j]) + 1 : 0);
+        }
+        items[i] = Item{key, i};
+    }
+    const int key_bits = count_bits + packed_ids * id_bits;
+    constexpr int kDigitBits = 11;  // 2048 buckets: the histogram and the write heads stay in L1
+    std::vector<size_t> heads(size_t(1) << kDigitBits);
+    for (int shift = 0; shift < key_bits; shift += kDigitBits) {
+        std::fill(heads.begin(), heads.end(), 0);
+        const uint64_t mask = (uint64_t(1) << kDigitBits) - 1;
+        for (const Item& it : items) ++heads[static_cast<uint64_t>(it.key >> shift) & mask];
+        if (*std::max_element(heads.begin(), heads.end()) == n) continue;  // one digit value: nothing moves
+        size_t sum = 0;
+        for (size_t& h : heads) {
+            const size_t c = h;
+            h = sum;
+            sum += c;
+        }
+        for (const Item& it : items) buffer[heads[static_cast<uint64_t>(it.key >> shift) & mask]++] = it;
+        items.swap(buffer);
+    }
+    std::vector<Item>().swap(buffer);
+    auto by_ids = [&keys, base](const Item& a, const Item& b) {
+        const Slot& x = keys[a.slot];
+        const Slot& y = keys[b.slot];
+        return ids_less(base + ref_pos(x.ref), ref_len(x.ref), base + ref_pos(y.ref), ref_len(y.ref));
+    };
+    for (size_t i = 0; i < n;) {
+        size_t j = i + 1;
+        while (j < n && items[j].key == items[i].key) ++j;
+        if (j - i > 1) std::sort(items.begin() + i, items.begin() + j, by_ids);
+        i = j;
+    }
+    std::vector<Slot> sorted(n);
+    for (size_t i = 0; i < n; ++i) sorted[i] = keys[items[i].slot];
+    keys.swap(sorted);
 }
 
 Table to_table(std::vector<Slot>&& keys, const uint32_t* base, int threads, Table&& stats) {
-    sort_by_count(keys, base, threads);
+    sort_by_count(keys, base);
     Table out = std::move(stats);
     const size_t n = keys.size();
     out.offsets.resize(n + 1);
