@@ -62,11 +62,76 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_count(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("count", help="count the n-grams of a corpus (C++, exact) and save the table (.igc)")
+    p.add_argument("sources", nargs="+", help="files, folders (recursive) or glob patterns")
+    p.add_argument("--tokenizer", required=True, help="tokenizer.json or a Hugging Face folder")
+    p.add_argument("--out", required=True, help="output table file (.igc, NgramTable.load reads it)")
+    p.add_argument("--max-n", type=int, default=8, help="longest n-gram counted")
+    p.add_argument("--min-count", type=int, default=2, help="keep n-grams seen at least this often")
+    p.add_argument("--threads", type=int, default=0, help="counting threads, 0 = all cores")
+    p.add_argument("--cross-words", action="store_true", help="also count n-grams across pre-token boundaries")
+    p.add_argument("--memory-budget", type=_byte_size, default=None,
+                   help="bytes for the counting hash tables, e.g. 4G (default: unlimited); exact either way")
+    p.add_argument("--doc-mode", choices=["file", "blank_line", "line"], default="file",
+                   help="how .txt files split into documents")
+    p.add_argument("--top", type=int, default=20, help="how many of the most frequent n-grams to print")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_count)
+
+
+def _byte_size(text: str) -> int:
+    """Parse a byte count with an optional K/M/G suffix (powers of 1024)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    scale = units.get(text[-1:].upper(), 1)
+    try:
+        return int(float(text[:-1] if scale > 1 else text) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (e.g. 500M, 4G, 1000000)") from None
+
+
+def _cmd_count(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from .corpus import encode_corpus, load_tokenizer, read_documents
+    from .counting import count_ngrams
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    start = time.perf_counter()
+    docs = read_documents(args.sources, doc_mode=args.doc_mode)
+    corpus = encode_corpus(tokenizer, docs, progress=not args.no_progress)
+    if corpus.n_tokens == 0:
+        raise ValueError(f"no tokens in {' '.join(args.sources)}: nothing to count")
+    encoded = time.perf_counter()
+    table = count_ngrams(corpus.ids, corpus.word_starts, corpus.doc_starts, max_n=args.max_n,
+                         min_count=args.min_count, threads=args.threads, cross_words=args.cross_words,
+                         memory_budget=args.memory_budget)
+    counted = time.perf_counter()
+    table.save(args.out)
+
+    encode_s, count_s = encoded - start, counted - encoded
+    print(f"{args.out}: {len(table):,} distinct n-grams (2 <= n <= {args.max_n}, count >= {args.min_count}, "
+          f"{'across' if args.cross_words else 'inside'} words) from {corpus.n_docs:,} documents, "
+          f"{corpus.n_tokens:,} tokens")
+    print(f"encode {encode_s:.2f} s ({corpus.n_tokens / encode_s:,.0f} tokens/s), count {count_s:.3f} s "
+          f"({corpus.n_tokens / count_s:,.0f} tokens/s, {table.passes} pass{'es' if table.passes > 1 else ''})")
+    lengths = table.lengths
+    print("n:        " + " ".join(f"{n:>9}" for n in range(2, args.max_n + 1)))
+    print("distinct: " + " ".join(f"{int(np.sum(lengths == n)):>9,}" for n in range(2, args.max_n + 1)))
+    print(f"top {min(args.top, len(table))}:")
+    for i in range(min(args.top, len(table))):
+        ngram = table.ngram(i)
+        print(f"{int(table.counts[i]):>10,}  {tokenizer.decode(list(ngram))!r:40s} {list(ngram)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the `igot` argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="igot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_data, _add_encode):
+    for add in (_add_data, _add_encode, _add_count):
         add(sub)
     return parser
 
