@@ -219,3 +219,34 @@ def test_real_hpo_corpus_matches_the_reference():
     assert_same_table(across, want)
     words = count_words(*stream)
     assert_same_table(words, count_words_reference(*stream))
+
+
+def _smollm2_tokenizer():
+    data = pytest.importorskip("igot.data")
+    try:
+        return data.tokenizer_path("smollm2")
+    except (FileNotFoundError, OSError) as exc:
+        pytest.skip(f"real data not fetched (igot data fetch): {exc}")
+
+
+@pytest.mark.slow
+def test_cli_count_saves_a_table_equal_to_the_api(tmp_path, capsys):
+    from igot.cli import main
+    from igot.corpus import encode_corpus
+
+    tokenizer = _smollm2_tokenizer()
+    docs = ["Abnormal heart rate.", "Abnormal heart morphology and abnormal heart rate."]
+    (tmp_path / "a.txt").write_text("\n\n".join(docs))
+    out = tmp_path / "t.igc"
+    assert main(["count", "--tokenizer", str(tokenizer), "--doc-mode", "blank_line", "--min-count", "1",
+                 "--max-n", "4", "--cross-words", "--out", str(out), "--no-progress", str(tmp_path / "a.txt")]) == 0
+    printed = capsys.readouterr().out
+    assert "2 documents" in printed and "top" in printed
+    corpus = encode_corpus(tokenizer, docs, progress=False)
+    want = count_ngrams(corpus.ids, corpus.word_starts, corpus.doc_starts, max_n=4, cross_words=True)
+    assert_same_table(NgramTable.load(out), want)
+    (tmp_path / "empty.txt").write_text("")
+    assert main(["count", "--tokenizer", str(tokenizer), "--out", str(tmp_path / "e.igc"),
+                 str(tmp_path / "empty.txt")]) == 2
+    assert "error" in capsys.readouterr().err
+    assert not (tmp_path / "e.igc").exists()
