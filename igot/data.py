@@ -154,7 +154,7 @@ class _Downloads:
             _run(cmd, dest, src.describe())
         except FetchError as exc:
             # Fresh containers ship without package lists; refresh them once and retry.
-            if not re.search(r"Unable to locate|no installation candidate|has no candidate", str(exc)):
+            if not re.search(r"Unable to locate|no installation candidate|has no candidate|Can't select", str(exc)):
                 raise
             self.log("apt package lists missing: apt-get update ...")
             _run(["apt-get", "update", "-q"], dest, "apt-get update")
@@ -712,6 +712,9 @@ def fetch(names: Iterable[str] | None = None, *, progress: bool = True, verify: 
     t_start = time.perf_counter()
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one fetch per cache at a time; a second waits, then finds it done
+        # Under the lock, temporary folders can only be leftovers of a killed fetch.
+        for stale in (*root.glob(".downloads-*"), *root.glob("*/.*-tmp-*"), *root.glob("*/.*.old-*")):
+            shutil.rmtree(stale, ignore_errors=True)
         with tempfile.TemporaryDirectory(dir=root, prefix=".downloads-") as tmp:
             dl = _Downloads(Path(tmp), log, progress)
             for i, name in enumerate(wanted, 1):

@@ -232,6 +232,7 @@ def test_smollm2_folder_loads_and_gives_finite_sensible_logits():
 
 def test_fetch_is_idempotent(pystdlib_cache):
     folder = pystdlib_cache / "corpora" / "pystdlib"
+    (folder.parent / ".hpo-tmp-killed").mkdir()  # left by a fetch that was killed mid-build
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()}
     data.fetch(["pystdlib"], progress=False)
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()} == before
