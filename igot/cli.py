@@ -62,6 +62,46 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_extend(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extend", help="extend a tokenizer with domain entries written as real merges")
+    p.add_argument("--base", required=True, help="Hugging Face tokenizer folder or tokenizer.json")
+    p.add_argument("--domain", nargs="+", required=True, help="domain files, folders or globs")
+    p.add_argument("--general", nargs="+", default=None, help="general-text files, folders or globs")
+    p.add_argument("--heldout", nargs="+", default=None, help="held-out domain files (reported, used by tau)")
+    p.add_argument("--budget", type=int, default=2000, help="the most new vocabulary entries")
+    p.add_argument("--method", choices=["igot", "frequency", "bpe", "added_tokens"], default="igot")
+    p.add_argument("--tau", default=None, help="IGOT_tau stopping threshold: a float or 'auto'")
+    p.add_argument("--doc-mode", choices=["file", "blank_line", "line"], default="file",
+                   help="how .txt files split into documents")
+    p.add_argument("--out", required=True, help="output folder (tokenizer.json + HF side files)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_extend)
+
+
+def _cmd_extend(args: argparse.Namespace) -> int:
+    from .vocab import extend_tokenizer
+
+    tau = args.tau
+    if tau is not None and tau != "auto":
+        try:
+            tau = float(tau)
+        except ValueError:
+            raise ValueError(f"--tau {tau!r} must be a number or 'auto'") from None
+    ext = extend_tokenizer(args.base, args.domain, args.general, budget=args.budget, method=args.method,
+                           tau=tau, heldout=args.heldout, doc_mode=args.doc_mode,
+                           progress=not args.no_progress)
+    out = ext.save(args.out)
+    report = ext.report
+    print(f"{out}: {report['entries_added']:,} entries added ({report['method']}, budget {report['budget']:,}, "
+          f"{report['model_type']}), vocabulary {report['vocab_size_base']:,} -> {report['vocab_size_new']:,}")
+    print("\n| corpus | base tokens | new tokens | saving |\n|---|---:|---:|---:|")
+    for name, row in report["tokens"].items():
+        print(f"| {name} | {row['base']:,} | {row['new']:,} | {row['saving']:.2%} |")
+    print("\ntop new tokens: " + ", ".join(repr(ext.tokenizer.decode([t.id])) for t in
+                                          sorted(ext.new_tokens, key=lambda t: -t.score)[:15]))
+    return 0
+
+
 def _add_count(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("count", help="count the n-grams of a corpus (C++, exact) and save the table (.igc)")
     p.add_argument("sources", nargs="+", help="files, folders (recursive) or glob patterns")
@@ -131,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the `igot` argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="igot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_data, _add_encode, _add_count):
+    for add in (_add_data, _add_encode, _add_extend, _add_count):
         add(sub)
     return parser
 

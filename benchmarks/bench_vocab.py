@@ -1,0 +1,149 @@
+"""Extended tokenizer evidence (issue 4): igot vs frequency vs bpe vs Hugging Face add_tokens, one run.
+
+    .venv/bin/python benchmarks/bench_vocab.py [--quick] [--out /tmp/igot_results/vocab.md]
+
+SmolLM2 tokenizer; domain = HPO + GO definitions (train split), general = State of the Union + Moby-Dick
+(train split). For each method the selection is made once at the largest budget and its first B entries
+are written for each smaller budget B (the greedy selections are budget-independent prefixes; checked
+below for the smallest budget). Reported on the held-out splits: domain and general token saving
+(1 - new / base tokens), vocabulary growth, and encode throughput (bytes/s of encode_batch on the held-out
+text, median of repeats, base and extended interleaved; ratio = extended / base, G4 asks >= 0.90).
+Then the code domain (CPython stdlib, general = Python docs) at one budget.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from igot import data
+from igot.vocab import apply_selection, extend_tokenizer
+
+METHODS = ("igot", "frequency", "bpe", "added_tokens")
+BASELINES = ("frequency", "bpe", "added_tokens")
+
+
+def token_count(tok: Tokenizer, texts: list[str]) -> int:
+    return sum(len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False))
+
+
+def throughput(base: Tokenizer, new: Tokenizer, texts: list[str], repeats: int) -> tuple[float, float]:
+    """Median encode_batch bytes/s of base and new, measured interleaved (the machine is shared)."""
+    n_bytes = sum(len(t.encode()) for t in texts)
+    times: dict[str, list[float]] = {"base": [], "new": []}
+    for _ in range(repeats):
+        for name, tok in (("base", base), ("new", new)):
+            start = time.perf_counter()
+            tok.encode_batch(texts, add_special_tokens=False)
+            times[name].append(time.perf_counter() - start)
+    return n_bytes / statistics.median(times["base"]), n_bytes / statistics.median(times["new"])
+
+
+def evaluate(domain: str, general_names: tuple[str, ...], domain_names: tuple[str, ...], budgets: list[int],
+             repeats: int, quick: bool) -> list[dict]:
+    base_path = data.tokenizer_path("smollm2")
+    base = Tokenizer.from_file(str(base_path))
+    take = (lambda docs: docs[: max(1, len(docs) // 4)]) if quick else (lambda docs: docs)
+    train = [d for n in domain_names for d in take(data.load_corpus(n, "train"))]
+    general = [d for n in general_names for d in take(data.load_corpus(n, "train"))]
+    held_domain = [d for n in domain_names for d in take(data.load_corpus(n, "heldout"))]
+    held_general = [d for n in general_names for d in take(data.load_corpus(n, "heldout"))]
+    speed_text = held_domain + held_general
+    base_counts = {"domain": token_count(base, held_domain), "general": token_count(base, held_general)}
+    print(f"[{domain}] train {len(train):,} docs, general {len(general):,} docs; held-out base tokens: "
+          f"domain {base_counts['domain']:,}, general {base_counts['general']:,}", file=sys.stderr)
+    rows = []
+    for method in METHODS:
+        largest = max(budgets)
+        start = time.perf_counter()
+        full = extend_tokenizer(base_path, train, general, budget=largest, method=method, progress=False,
+                                verify=False)
+        seconds = time.perf_counter() - start
+        for budget in sorted(budgets):
+            if budget == largest or method == "added_tokens":
+                ext = full if budget == largest else extend_tokenizer(
+                    base_path, train, general, budget=budget, method=method, progress=False, verify=False)
+            else:
+                ext = apply_selection(base_path, full.selection, budget=budget)
+                if budget == min(budgets):  # the prefix shortcut equals a fresh run at this budget
+                    fresh = extend_tokenizer(base_path, train, general, budget=budget, method=method,
+                                             progress=False, verify=False)
+                    same = [t.token for t in fresh.new_tokens] == [t.token for t in ext.new_tokens]
+                    print(f"[{domain}] {method}: budget-{budget} prefix of the budget-{largest} selection "
+                          f"{'equals' if same else 'DIFFERS from'} a fresh budget-{budget} run", file=sys.stderr)
+            new_counts = {"domain": token_count(ext.tokenizer, held_domain),
+                          "general": token_count(ext.tokenizer, held_general)}
+            base_bps, new_bps = throughput(base, ext.tokenizer, speed_text, repeats)
+            rows.append({
+                "domain": domain, "method": method, "budget": budget, "entries": len(ext.new_tokens),
+                "domain_tokens": new_counts["domain"], "general_tokens": new_counts["general"],
+                "domain_saving": 1 - new_counts["domain"] / base_counts["domain"],
+                "general_saving": 1 - new_counts["general"] / base_counts["general"],
+                "vocab": ext.tokenizer.get_vocab_size(with_added_tokens=True),
+                "base_vocab": base.get_vocab_size(with_added_tokens=True),
+                "base_mbps": base_bps / 1e6, "new_mbps": new_bps / 1e6, "speed_ratio": new_bps / base_bps,
+                "tokens_per_s": new_counts["domain"] / (sum(len(t.encode()) for t in held_domain) / new_bps),
+                "extend_s": seconds if budget == largest else float("nan"),
+            })
+            r = rows[-1]
+            print(f"[{domain}] {method:>12} B={budget:>5}: +{r['entries']} entries, domain {r['domain_saving']:.2%}, "
+                  f"general {r['general_saving']:.2%}, speed x{r['speed_ratio']:.3f}", file=sys.stderr)
+    return rows
+
+
+def main_table(rows: list[dict]) -> str:
+    lines = ["| domain | method | budget | entries | held-out domain saving | held-out general saving | "
+             "vocab | encode MB/s (base) | throughput ratio (new/base) | extend s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['domain']} | {r['method']} | {r['budget']:,} | {r['entries']:,} | "
+                     f"{r['domain_saving']:.2%} | {r['general_saving']:.2%} | "
+                     f"{r['base_vocab']:,} → {r['vocab']:,} | {r['new_mbps']:.2f} ({r['base_mbps']:.2f}) | "
+                     f"{r['speed_ratio']:.3f} | {r['extend_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def versus_table(rows: list[dict]) -> str:
+    """igot against the best baseline per (domain, budget): ratio = baseline held-out tokens / igot's."""
+    lines = ["| domain | budget | igot domain saving | best baseline | its saving | ratio (baseline / igot "
+             "held-out domain tokens) | igot general saving | baseline general saving |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for key in sorted({(r["domain"], r["budget"]) for r in rows}):
+        group = {r["method"]: r for r in rows if (r["domain"], r["budget"]) == key}
+        igot = group["igot"]
+        best = min((group[m] for m in BASELINES if m in group), key=lambda r: r["domain_tokens"])
+        lines.append(f"| {key[0]} | {key[1]:,} | {igot['domain_saving']:.2%} | {best['method']} | "
+                     f"{best['domain_saving']:.2%} | {best['domain_tokens'] / igot['domain_tokens']:.4f} | "
+                     f"{igot['general_saving']:.2%} | {best['general_saving']:.2%} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a quarter of each corpus, budgets 500/2000")
+    parser.add_argument("--repeats", type=int, default=5, help="throughput repeats (median)")
+    parser.add_argument("--out", default="/tmp/igot_results/vocab.md", help="markdown results file")
+    args = parser.parse_args()
+    budgets = [500, 2000] if args.quick else [500, 2000, 8000]
+    command = "python benchmarks/bench_vocab.py" + (" --quick" if args.quick else "")
+    start = time.perf_counter()
+    rows = evaluate("biomedical (HPO+GO vs sotu+moby_dick)", ("sotu", "moby_dick"), ("hpo", "go"), budgets,
+                    args.repeats, args.quick)
+    rows += evaluate("code (pystdlib vs pydoc)", ("pydoc",), ("pystdlib",), [2000], args.repeats, args.quick)
+    text = (f"`{command}` ({time.perf_counter() - start:.0f} s)\n\n" + main_table(rows) + "\n\n"
+            + versus_table(rows) + "\n")
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
