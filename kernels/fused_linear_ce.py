@@ -21,11 +21,11 @@ import triton
 import triton.language as tl
 
 # Measured on an H100 (bf16, V=131,072, N=8,192, H=4,096, fwd+bwd; benchmarks/bench_fused_linear_ce.py
-# --gpu --tune): BLOCK_V 1024..8192 × num_warps 4/8/16 all gave 51.3-53.6 ms (the row kernel is
-# memory-bound and small next to the matmuls), so these are not critical.
+# --gpu --tune): BLOCK_V 1024..8192 × num_warps 4/8/16 all gave 51.3-53.6 ms with 1,024-row chunks and
+# 43.4-43.5 ms with 2,048-row chunks (the row kernel is memory-bound and small next to the matmuls).
 _BLOCK_V = 4096
 _NUM_WARPS = 8
-# Rows per chunk: at least _MIN_CHUNK_ROWS, else H. Each chunk reads and writes the fp32 grad_W once
+# Rows per chunk: max(H, _MIN_CHUNK_ROWS). Each chunk reads and writes the fp32 grad_W once
 # (8·V·H bytes) against 2·C·V·H flops of its grad_W matmul, so small C turns chunks memory-bound; and
 # with C <= H the [C, V] logits buffer is no larger than the bf16 grad_W that the final cast allocates,
 # so it does not raise the peak. H100 sweep at V=131,072, H=4,096 (fwd+bwd ms, peak GiB):
@@ -238,11 +238,13 @@ def _accumulate_weight_grad(grad_weight: torch.Tensor, grad_logits: torch.Tensor
 class FusedLinearCEFunction(torch.autograd.Function):
     """Autograd Function over the launchers; takes the prepared arguments of
     igot.ops.fused_linear_cross_entropy (hidden, weight, bias, targets [N, K] int64, offset, ignore_index,
-    reduction) and returns (loss fp32, lse fp32 [N])."""
+    reduction, grad_enabled) and returns (loss fp32, lse fp32 [N]). grad_enabled is the caller's
+    torch.is_grad_enabled(): inside forward grad mode is always off, and ctx.needs_input_grad stays True
+    under torch.no_grad, so without it an evaluation pass would pay for gradients."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, offset, ignore_index, reduction):  # type: ignore[no-untyped-def]
-        need_grads = tuple(ctx.needs_input_grad[:3])
+    def forward(ctx, hidden, weight, bias, targets, offset, ignore_index, reduction, grad_enabled):  # type: ignore[no-untyped-def]
+        need_grads = tuple(grad_enabled and need for need in ctx.needs_input_grad[:3])
         n_valid = (targets != ignore_index).sum()
         unit_scale = 1.0 / n_valid.clamp(min=1).float() if reduction == "mean" else torch.ones((), device=hidden.device)
         grads_in_forward = reduction != "none" and any(need_grads)
@@ -278,7 +280,7 @@ class FusedLinearCEFunction(torch.autograd.Function):
             )
             grad_loss = None  # already folded in
         return grad_hidden, _scale_cast(grad_weight, grad_loss, ctx.weight_dtype), \
-            _scale_cast(grad_bias, grad_loss, ctx.bias_dtype), None, None, None, None
+            _scale_cast(grad_bias, grad_loss, ctx.bias_dtype), None, None, None, None, None
 
 
 def _scale_cast(grad: torch.Tensor | None, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

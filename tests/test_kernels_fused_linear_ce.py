@@ -151,6 +151,23 @@ def test_k1_equals_torch_cross_entropy(backend, monkeypatch):
         torch.testing.assert_close(fused_linear_cross_entropy(hidden, weight, targets, bias=bias), theirs, **FP32)
 
 
+def test_no_grad_makes_no_gradients(monkeypatch):
+    """Under torch.no_grad (evaluation) the kernel path computes the loss only, not the gradients."""
+    import igot.kernels.fused_linear_ce as kernel_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("gradient work under torch.no_grad")
+
+    monkeypatch.setattr(kernel_module, "_accumulate_weight_grad", refuse)
+    monkeypatch.setenv("IGOT_KERNELS", "triton")
+    inputs = make_inputs(13, 70, 16, 1, device=default_device("triton"))
+    leaves = {n: inputs[n].clone().requires_grad_() for n in ("hidden", "weight", "bias")}
+    with torch.no_grad():
+        loss = fused_linear_cross_entropy(**leaves, targets=inputs["targets"])
+    ref_loss, _ = reference_loss(**{n: t.detach() for n, t in leaves.items()}, targets=inputs["targets"])
+    torch.testing.assert_close(loss.double(), ref_loss, **FP32)
+
+
 def test_twin_gradcheck_float64(monkeypatch):
     monkeypatch.setenv("IGOT_KERNELS", "torch")
     monkeypatch.setattr(twin_module, "_TWIN_CHUNK_ELEMENTS", 2 * 11)  # several chunks

@@ -78,7 +78,8 @@ def fused_linear_cross_entropy(
     else:
         function = TorchFusedLinearCEFunction
     loss, lse = function.apply(
-        hidden.contiguous(), weight.contiguous(), bias, targets_2d, offset, int(ignore_index), reduction
+        hidden.contiguous(), weight.contiguous(), bias, targets_2d, offset, int(ignore_index), reduction,
+        torch.is_grad_enabled(),
     )
     return (loss, lse) if return_lse else loss
 
@@ -173,10 +174,11 @@ def _chunk_logits(hidden_chunk: torch.Tensor, weight: torch.Tensor, offset: torc
 
 class TorchFusedLinearCEFunction(torch.autograd.Function):
     """Chunked pure-torch fused linear CE: forward keeps only the per-row lse, backward recomputes
-    each chunk's logits. Takes the prepared arguments of fused_linear_cross_entropy."""
+    each chunk's logits. Takes the prepared arguments of fused_linear_cross_entropy (grad_enabled is
+    unused: nothing here depends on whether a backward will come)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, offset, ignore_index, reduction):  # type: ignore[no-untyped-def]
+    def forward(ctx, hidden, weight, bias, targets, offset, ignore_index, reduction, grad_enabled):  # type: ignore[no-untyped-def]
         n_rows = hidden.shape[0]
         chunk = _twin_chunk_rows(weight.shape[0])
         lse = torch.empty(n_rows, dtype=_acc_dtype(hidden), device=hidden.device)  # [N]
@@ -230,5 +232,5 @@ class TorchFusedLinearCEFunction(torch.autograd.Function):
             grad_hidden,
             grad_weight.to(weight.dtype) if need_weight else None,
             grad_bias.to(bias.dtype) if need_bias else None,
-            None, None, None, None,
+            None, None, None, None, None,
         )
