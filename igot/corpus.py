@@ -9,7 +9,11 @@ every step of a Sequence pre-tokenizer, and with each added token as its own spl
 word exactly where its word id changes. Checked against `pre_tokenize_str` for byte-level BPE (GPT-2,
 SmolLM2: Digits + ByteLevel) and Metaspace tokenizers in tests/test_corpus.py. A tokenizer without a
 pre-tokenizer, or with `Metaspace(split=False)` (how some SentencePiece conversions look), does not split
-at all: each document is then a single word, which is what its BPE model sees too.
+at all: each document is then a single word, which is what its BPE model sees too. `encode_batch_fast`
+is not used: it returns no word ids (all None) and no offsets.
+
+Invalid UTF-8 with errors="replace" is counted in a ReadStats (pass `stats=` to read_documents) and
+reported by one UnicodeWarning per affected file.
 """
 from __future__ import annotations
 
