@@ -25,7 +25,9 @@ def extend_by_hand(base_json, words=WORDS, added=(ADDED,)):
     base = Tokenizer.from_str(base_json)
     data = json.loads(base_json)
     vocab, merges = data["model"]["vocab"], data["model"]["merges"]
-    next_id = max(max(vocab.values()), max(t["id"] for t in data["added_tokens"])) + 1
+    for added_token in data["added_tokens"]:  # tokenizers renumbers added tokens missing from the model vocab
+        vocab.setdefault(added_token["content"], added_token["id"])
+    next_id = max(vocab.values()) + 1
     pieces_of = {}
     for word in words:
         ids = base.encode(word, add_special_tokens=False).ids
@@ -39,6 +41,7 @@ def extend_by_hand(base_json, words=WORDS, added=(ADDED,)):
                 next_id += 1
             left += right
     for text in added:
+        vocab[text] = next_id
         data["added_tokens"].append(dict(id=next_id, content=text, single_word=False, lstrip=False, rstrip=False,
                                          normalized=False, special=True))
         pieces_of[next_id] = base.encode(text, add_special_tokens=False).ids
@@ -60,9 +63,9 @@ def extension(smollm2_tokenizer_path):
     return Tokenizer.from_str(base_json), new, pieces_of
 
 
-def tiny_llama(tied, seed=0):
+def tiny_llama(tied, seed=0, vocab_size=49152):
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                          tie_word_embeddings=tied)
     return LlamaForCausalLM(config).eval()
@@ -98,6 +101,23 @@ def test_old_rows_kept_new_rows_from_pieces(extension, tied, init):
         torch.testing.assert_close(head[new_id].double(), expected_row(old_head, pieces, init))
     assert not emb[n_new:].any() and not head[n_new:].any()
     assert model.igot_vocab_mask.tolist() == [True] * n_new + [False] * (n_rows - n_new)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "mistral"])
+def test_other_tokenizer_families(name):
+    """Byte-level BPE with its special token after the vocab (GPT-2); SentencePiece BPE with "▁" (Mistral)."""
+    from igot.data import tokenizer_path
+
+    base_json = open(tokenizer_path(name), encoding="utf-8").read()
+    base = Tokenizer.from_str(base_json)
+    new, pieces_of = extend_by_hand(base_json, words=WORDS[:6] + (" café",))
+    model = tiny_llama(tied=False, vocab_size=base.get_vocab_size())
+    old_emb, old_head = (w.detach().clone() for w in vocab_weights(model))
+    extend_model(model, base, new)
+    emb, head = vocab_weights(model)
+    for new_id, pieces in pieces_of.items():
+        torch.testing.assert_close(emb[new_id].double(), expected_row(old_emb, pieces, "mean"))
+        torch.testing.assert_close(head[new_id].double(), expected_row(old_head, pieces, "mean"))
 
 
 def test_padding_ids_never_win(extension):

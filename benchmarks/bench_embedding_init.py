@@ -1,0 +1,187 @@
+"""Benchmark igot.ops.embedding_init against the usual FVT loop (`for j: W[n+j] = W[pieces_j].mean(0)`).
+
+CPU (default): the op (embedding_bag twin; the Triton interpreter is far too slow to time) vs the loop at
+2,000 and 32,000 new tokens x H=576 (SmolLM2) and H=4096, then igot.extend_model on SmolLM2-135M for
++2,000 tokens from igot.extend_tokenizer on the HPO corpus vs the usual resize + per-token FVT code.
+--gpu: the Triton kernel vs the embedding_bag twin vs the loop at 32,000 new tokens x H=4096, bf16 and
+fp32, input embedding and untied head together, timed with triton.testing.do_bench (medians).
+
+    .venv/bin/python benchmarks/bench_embedding_init.py [--quick] [--gpu] [--no-model] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from igot.ops.embedding_init import _checked, embedding_init, embedding_init_torch
+
+# Vocabulary sizes the new rows are appended to: SmolLM2 (H=576), Llama-2/Mistral (H=4096, CPU: two
+# 4096-wide fp32 matrices of 64k rows stay under 2 GB) and Llama-3 (H=4096 on the GPU).
+OLD_ROWS = {576: 49_152, 4096: 32_000}
+GPU_OLD_ROWS = 128_256
+
+
+def make_pieces(n_new: int, n_old: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR pieces like a +n_new extension's: 2 to 6 base pieces per new token (mean 4), ids < n_old."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(2, 7, (n_new,), generator=g)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+    return offsets, torch.randint(0, n_old, (int(offsets[-1]),), generator=g)
+
+
+def naive_fvt_loop(weights: list[torch.Tensor], pieces: list[list[int]], n_old: int) -> None:
+    """The usual FVT code: one Python iteration (gather, mean, row copy) per new token and matrix."""
+    with torch.no_grad():
+        for matrix in weights:
+            for j, ids in enumerate(pieces):
+                matrix[n_old + j] = matrix[ids].float().mean(0).to(matrix.dtype)
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: allocator, first-call dispatch
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cpu_table(quick: bool) -> list[str]:
+    rows = ["| new tokens | H | old rows | FVT loop (ms) | igot embedding_init (ms) | ratio loop / igot |",
+            "|---:|---:|---:|---:|---:|---:|"]
+    repeats = 3 if quick else 5
+    for width, n_old in OLD_ROWS.items():
+        for n_new in (2_000, 32_000):
+            offsets, piece_ids = make_pieces(n_new, n_old)
+            matrix = torch.randn(n_old + n_new, width)
+            pieces = [piece_ids[offsets[j]:offsets[j + 1]].tolist() for j in range(n_new)]
+            loop_s = median_seconds(lambda: naive_fvt_loop([matrix], pieces, n_old), 1 if n_new > 2_000 and quick else repeats)
+            expected = matrix[n_old:].clone()
+            op_s = median_seconds(lambda: embedding_init(matrix, offsets, piece_ids, out_rows=n_old), repeats)
+            torch.testing.assert_close(matrix[n_old:], expected)  # the op and the loop wrote the same rows
+            rows.append(f"| {n_new:,} | {width} | {n_old:,} | {loop_s * 1e3:,.1f} | {op_s * 1e3:,.2f} | {loop_s / op_s:,.0f}x |")
+            print(rows[-1], file=sys.stderr, flush=True)
+            del matrix
+    return rows
+
+
+def naive_fvt_model(model, base, new) -> None:
+    """The usual FVT model code: HF resize, then per new token decode -> base encode -> mean, per matrix."""
+    n_base, n_new = base.get_vocab_size(), new.get_vocab_size()
+    model.resize_token_embeddings(n_new, pad_to_multiple_of=64, mean_resizing=False)
+    pieces = [base.encode(new.decode([i]), add_special_tokens=False).ids for i in range(n_base, n_new)]
+    weights = [model.get_input_embeddings().weight]
+    if model.get_output_embeddings().weight is not weights[0]:
+        weights.append(model.get_output_embeddings().weight)
+    naive_fvt_loop(weights, pieces, n_base)
+
+
+def model_table(quick: bool) -> list[str]:
+    from transformers import AutoModelForCausalLM
+
+    from igot.data import load_corpus, smollm2, tokenizer_path
+    from igot.model import extend_model
+    from igot.vocab import extend_tokenizer
+
+    base_path = tokenizer_path("smollm2")
+    extended = extend_tokenizer(base_path, load_corpus("hpo"), budget=2_000, method="igot", progress=False)
+    n_added = len(extended.new_tokens)
+    repeats = 1 if quick else 3
+
+    def fresh_model():
+        return AutoModelForCausalLM.from_pretrained(smollm2()).eval()
+
+    def timed(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            model = fresh_model()  # loading is not timed
+            start = time.perf_counter()
+            fn(model)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    from tokenizers import Tokenizer
+
+    base = Tokenizer.from_file(str(base_path))
+    baseline_s = timed(lambda m: naive_fvt_model(m, base, extended.tokenizer))
+    rows = [f"| SmolLM2-135M +{n_added:,} tokens (CPU) | wall time (s) | ratio FVT loop / this |", "|---|---:|---:|",
+            f"| resize + per-token FVT loop (baseline) | {baseline_s:.3f} | 1.0x |"]
+    for init in ("mean", "weighted", "hf"):
+        seconds = timed(lambda m: extend_model(m, base, extended, init=init))
+        rows.append(f"| igot extend_model init={init} | {seconds:.3f} | {baseline_s / seconds:.1f}x |")
+        print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+def gpu_table(quick: bool, n_new: int = 32_000, width: int = 4096, n_old: int = GPU_OLD_ROWS,
+              device: str = "cuda") -> list[str]:
+    import triton.testing
+
+    from igot.kernels.embedding_init import embedding_init_forward
+
+    offsets, piece_ids = make_pieces(n_new, n_old)
+    pieces = [piece_ids[offsets[j]:offsets[j + 1]].tolist() for j in range(n_new)]
+    rows = [f"| dtype | path ({n_new:,} new x H={width}, emb + untied head, {n_old:,} old rows) | time (ms) | "
+            "GB/s | ratio loop / path | max abs diff vs twin |", "|---|---|---:|---:|---:|---:|"]
+    for dtype in (torch.bfloat16, torch.float32):
+        weights = [torch.randn(n_old + n_new, width, device=device, dtype=dtype) for _ in range(2)]
+        args = _checked(weights, offsets, piece_ids, None, n_old)
+        embedding_init_torch(*args)
+        twin_rows = [w[n_old:].clone() for w in weights]
+        paths = {
+            "FVT loop (baseline)": lambda: naive_fvt_loop(weights, pieces, n_old),
+            "embedding_bag twin": lambda: embedding_init_torch(*args),
+            "Triton kernel (launch only)": lambda: embedding_init_forward(*args),
+            "igot.ops.embedding_init (checks + kernel)": lambda: embedding_init(weights, offsets, piece_ids, out_rows=n_old),
+        }
+        moved = 2 * (piece_ids.numel() + n_new) * width * weights[0].element_size()  # bytes read + written
+        timings = {}
+        for name, fn in paths.items():
+            slow = name.startswith("FVT")
+            quantiles = triton.testing.do_bench(fn, warmup=1 if slow else 25, rep=1 if slow else (50 if quick else 200),
+                                                quantiles=[0.5, 0.2, 0.8])
+            timings[name] = quantiles[0]
+            diff = max(float((w[n_old:].float() - t.float()).abs().max()) for w, t in zip(weights, twin_rows))
+            ratio = timings["FVT loop (baseline)"] / timings[name]
+            rows.append(f"| {str(dtype).removeprefix('torch.')} | {name} | {timings[name]:,.3f} | "
+                        f"{moved / timings[name] / 1e6:,.0f} | {ratio:,.1f}x | {diff:.2e} |")
+            print(rows[-1], file=sys.stderr, flush=True)
+        del weights, args, twin_rows
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--gpu", action="store_true", help="time the Triton kernel on CUDA instead of the CPU tables")
+    parser.add_argument("--no-model", action="store_true", help="CPU: skip the SmolLM2-135M extend_model timing")
+    # One thread by default: on a shared, oversubscribed box two OpenMP threads made every small op of
+    # the loop 20x slower (6.5 ms vs 0.28 ms per new token, load average 10 on 2 cores).
+    parser.add_argument("--threads", type=int, default=1, help="CPU: torch intra-op threads (default 1)")
+    args = parser.parse_args()
+    command = "python benchmarks/bench_embedding_init.py " + " ".join(sys.argv[1:])
+    if args.gpu:
+        if not torch.cuda.is_available():
+            sys.exit("--gpu needs a CUDA device (torch.cuda.is_available() is False)")
+        tables = [gpu_table(args.quick)]
+        where = torch.cuda.get_device_name()
+    else:
+        os.environ["IGOT_KERNELS"] = "torch"  # the Triton interpreter is far too slow to time on a CPU
+        torch.set_num_threads(args.threads)
+        tables = [cpu_table(args.quick)] + ([] if args.no_model else [model_table(args.quick)])
+        where = f"CPU, {torch.get_num_threads()} threads"
+    print(f"`{command.strip()}` ({where}, torch {torch.__version__})\n")
+    for table in tables:
+        print("\n".join(table) + "\n")
+
+
+if __name__ == "__main__":
+    main()
