@@ -168,6 +168,15 @@ def test_no_grad_makes_no_gradients(monkeypatch):
     torch.testing.assert_close(loss.double(), ref_loss, **FP32)
 
 
+def test_second_backward_through_kernel_raises(monkeypatch):
+    monkeypatch.setenv("IGOT_KERNELS", "triton")
+    inputs = make_inputs(5, 40, 8, 1, bias=False, device=default_device("triton"))
+    loss = fused_linear_cross_entropy(inputs["hidden"].requires_grad_(), inputs["weight"], inputs["targets"])
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+
+
 def test_twin_gradcheck_float64(monkeypatch):
     monkeypatch.setenv("IGOT_KERNELS", "torch")
     monkeypatch.setattr(twin_module, "_TWIN_CHUNK_ELEMENTS", 2 * 11)  # several chunks

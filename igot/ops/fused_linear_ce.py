@@ -42,7 +42,9 @@ def fused_linear_cross_entropy(
     targets [N, K] it is the patch-level loss lse − mean_k z[y_k] (all K targets share one softmax).
     Forward and backward (grads for hidden, weight, bias) run blockwise; logsumexp and the weight
     gradient are accumulated in fp32. CUDA tensors use the Triton kernel (igot.ops.use_triton), anything
-    else the chunked torch twin; float64 always uses the twin.
+    else the chunked torch twin; float64 always uses the twin. On the Triton path, with reduction "mean"
+    or "sum" and grad mode on, the gradients are computed during forward (as in Liger-Kernel) and the
+    backward only scales them, so one forward serves one backward (a second one raises RuntimeError).
 
     Args:
         hidden: [N, H] float16/bfloat16/float32/float64 activations.
