@@ -271,12 +271,16 @@ def select_tokens(
         specs = np.zeros(len(scores))
         gains = np.full(len(scores), np.nan)
     else:
-        code, phi = _phi(method)
-        merges, scores, specs, gains, _, counts, held = k.select_pairs(
-            d_off, d_ids, weights, d_counts, g_off, g_ids, g_counts, general is not None,
-            h_off, h_ids, h_counts, heldout is not None,
-            n_base, budget, code, phi, float(alpha), float(min_count), tok_hash, tok_len,
-        )
+        code = k.PHI_CUSTOM if callable(method) else _CODES[method]
+        k._USER_PHI[0] = method if callable(method) else None
+        try:
+            merges, scores, specs, gains, _, counts, held = k.select_pairs(
+                d_off, d_ids, weights, d_counts, g_off, g_ids, g_counts, general is not None,
+                h_off, h_ids, h_counts, heldout is not None,
+                n_base, budget, code, float(alpha), float(min_count), tok_hash, tok_len,
+            )
+        finally:
+            k._USER_PHI[0] = None
     curve = None
     if heldout is not None:
         base_tokens_held = float(np.sum(np.diff(h_off) * h_counts))
@@ -293,32 +297,6 @@ def select_tokens(
 
 
 _CODES = {"bpe": 0, "ig_only": 1, "igot": 2}
-
-
-def _phi(method: Any) -> tuple[int, Any]:
-    """(φ code, jitted φ(code, ig, spec, count, pieces)) for a method name or a user callable."""
-    k = _kernels()
-    if not callable(method):
-        return _CODES[method], k.phi_builtin
-    import numba
-
-    def user(code, ig, spec, count, pieces):  # the code argument is for the built-ins only
-        return method(ig, spec, count, pieces)
-
-    try:
-        jitted = numba.njit(user)
-        float(jitted(0, 1.0, 0.0, 2.0, 2.0))
-        return k.PHI_CUSTOM, jitted
-    except Exception:  # not numba-compilable: call back into Python for each score
-        pass
-
-    @numba.njit
-    def via_python(code, ig, spec, count, pieces):
-        with numba.objmode(out="float64"):
-            out = float(method(np.float64(ig), np.float64(spec), np.float64(count), np.float64(pieces)))
-        return out
-
-    return k.PHI_CUSTOM, via_python
 
 
 def apply_merges(words: Any, selection: Selection) -> np.ndarray:
