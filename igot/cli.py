@@ -167,11 +167,60 @@ def _cmd_count(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_extend_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extend-model", help="grow a causal LM to an extended tokenizer, new rows from their pieces")
+    p.add_argument("--model", required=True, help="Hugging Face causal LM folder (config.json + safetensors)")
+    p.add_argument("--base", default=None, help="the model's tokenizer (default: the tokenizer.json in --model)")
+    p.add_argument("--new", required=True, help="the extended tokenizer folder or tokenizer.json (igot extend --out)")
+    p.add_argument("--init", choices=["mean", "weighted", "hf"], default="mean", help="new-row initialisation")
+    p.add_argument("--pad-to-multiple-of", type=int, default=64, help="round the vocabulary rows up to this")
+    p.add_argument("--out", required=True, help="new folder: the grown model plus the new tokenizer's files")
+    p.set_defaults(func=_cmd_extend_model)
+
+
+def _cmd_extend_model(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    from .model import extend_model
+
+    out, new = Path(args.out).resolve(), Path(args.new)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"--out {out} exists and is not empty; remove it or pick another folder")
+    model = AutoModelForCausalLM.from_pretrained(args.model)
+    n_old = model.get_input_embeddings().weight.shape[0]
+    start = time.perf_counter()
+    extend_model(model, args.base or args.model, new, init=args.init, pad_to_multiple_of=args.pad_to_multiple_of)
+    seconds = time.perf_counter() - start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(staging)
+        for file in (new.iterdir() if new.is_dir() else [new]):  # the tokenizer files, beside the model's
+            if file.is_file() and not (staging / file.name).exists():
+                shutil.copy2(file, staging / file.name)
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    n_real = int(model.igot_vocab_mask.sum())
+    print(f"{out}: vocabulary rows {n_old:,} -> {model.config.vocab_size:,} ({n_real:,} tokens, "
+          f"{model.config.vocab_size - n_real} padding rows masked), init={args.init}, {seconds:.2f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the `igot` argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="igot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_data, _add_encode, _add_extend, _add_count):
+    for add in (_add_data, _add_encode, _add_extend, _add_count, _add_extend_model):
         add(sub)
     return parser
 

@@ -18,13 +18,13 @@ How padding rows are kept out (Llama heads have no bias to set to -inf):
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from .corpus import load_tokenizer
 from .ops.embedding_init import embedding_init
+from .vocab import ExtendedTokenizer
 
 InitMethod = Literal["mean", "weighted", "hf"]
 _INITS = ("mean", "weighted", "hf")
@@ -70,10 +70,11 @@ def extend_model(
         raise ValueError(f"init={init!r} is not one of {_INITS}")
     if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
         raise ValueError(f"pad_to_multiple_of={pad_to_multiple_of!r}; pass a positive int or None")
-    base = _as_tokenizer(base_tokenizer, "base_tokenizer")
-    new = _as_tokenizer(new_tokenizer, "new_tokenizer")
+    base = load_tokenizer(base_tokenizer)
+    recorded = new_tokenizer.new_tokens if isinstance(new_tokenizer, ExtendedTokenizer) else None
+    new = new_tokenizer.tokenizer if isinstance(new_tokenizer, ExtendedTokenizer) else load_tokenizer(new_tokenizer)
     n_base, n_new = _check_extension(base, new)
-    offsets, piece_ids = _new_token_pieces(base, new, n_base, n_new, getattr(new_tokenizer, "new_tokens", None))
+    offsets, piece_ids = _new_token_pieces(base, new, n_base, n_new, recorded)
 
     embeddings = model.get_input_embeddings()
     n_old = embeddings.weight.shape[0]
@@ -194,29 +195,6 @@ def _piece_weights(offsets: torch.Tensor, init: str) -> torch.Tensor | None:
     counts = offsets.diff()  # [M]
     position = torch.arange(int(offsets[-1])) - torch.repeat_interleave(offsets[:-1], counts)  # [P]
     return torch.exp(-position.double() / _WEIGHT_DECAY).float()
-
-
-def _as_tokenizer(tokenizer: Any, argument: str) -> Any:
-    """A tokenizers.Tokenizer from a Tokenizer, a tokenizer.json path, an HF folder or a transformers tokenizer."""
-    from tokenizers import Tokenizer
-
-    if isinstance(tokenizer, Tokenizer):
-        return tokenizer
-    if isinstance(tokenizer, (str, os.PathLike)):
-        path = Path(tokenizer)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{argument}: no tokenizer.json at {path}; pass a tokenizer.json file or an HF folder")
-        return Tokenizer.from_file(str(path))
-    for attribute in ("backend_tokenizer", "tokenizer", "_tokenizer"):  # transformers fast / igot ExtendedTokenizer
-        inner = getattr(tokenizer, attribute, None)
-        if isinstance(inner, Tokenizer):
-            return inner
-    raise TypeError(
-        f"{argument} is a {type(tokenizer).__name__}; pass a tokenizers.Tokenizer, a tokenizer.json path, "
-        "an HF tokenizer folder or a transformers fast tokenizer"
-    )
 
 
 def _check_extension(base: Any, new: Any) -> tuple[int, int]:
