@@ -29,8 +29,9 @@ _EXPORTS: dict[str, str] = {
     "ExtendedTokenizer": ".vocab",
     "extend_model": ".model",
     "fused_linear_cross_entropy": ".ops",
+    "bits_per_byte": ".metrics",
 }
-_SUBMODULES = ("data", "corpus", "counting", "scoring", "vocab", "model", "ops", "kernels", "cli")
+_SUBMODULES = ("data", "corpus", "counting", "scoring", "vocab", "model", "ops", "metrics", "kernels", "cli")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
