@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
@@ -135,8 +135,6 @@ def extend_tokenizer(
         TypeError: base or a corpus of an unknown type.
         FileNotFoundError: a path does not exist.
     """
-    from tokenizers import Tokenizer
-
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
         raise ValueError(f"budget={budget!r} must be a positive int (the most new vocabulary entries)")
     if method not in METHODS:

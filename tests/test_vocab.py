@@ -113,7 +113,7 @@ def suffix_close_wordpiece(tokenizer: Tokenizer) -> Tokenizer:
 
 
 def training_text() -> list[str]:
-    return data.load_corpus("hpo")[:1500] + data.load_corpus("sotu")[:10]
+    return data.load_corpus("hpo")[:1000] + data.load_corpus("sotu")[:2]
 
 
 def train_unigram() -> Tokenizer:
