@@ -110,7 +110,7 @@ def _cpu_main(args: argparse.Namespace) -> None:
     n = args.tokens or (512 if args.quick else 4096)
     repeats = args.repeats or (1 if args.quick else 3)
     shapes = [("SmolLM2 + 2k new tokens", 576, _pad(49_152 + 2_000, 64)), ("262k vocabulary", 640, 262_144)]
-    names = list(variants(gpu=False))
+    names = [name for name in variants(gpu=False) if not args.variants or any(v in name for v in args.variants)]
     print(f"CPU float32, N={n} tokens, fwd+bwd, median of {repeats}; peak = RSS growth over the inputs\n")
     print("| shape | H | V | variant | median s | peak MiB | time ratio naive/this | memory ratio naive/this |")
     print("|---|---:|---:|---|---:|---:|---:|---:|")
@@ -233,6 +233,8 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true", help="with --gpu: sweep block size, warps, chunk")
     parser.add_argument("--tokens", type=int, default=None, help="CPU: number of tokens N (default 4096)")
     parser.add_argument("--repeats", type=int, default=None, help="CPU: timed runs per variant (default 3)")
+    parser.add_argument("--variants", nargs="*", default=None,
+                        help="CPU: only variants whose name contains one of these words (keep 'naive': it is the baseline)")
     args = parser.parse_args()
     print(f"`python benchmarks/bench_fused_linear_ce.py {' '.join(sys.argv[1:])}`\n")
     if args.gpu:

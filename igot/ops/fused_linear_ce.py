@@ -4,7 +4,8 @@ loss = logsumexp(h·Wᵀ + b) − z[y] without ever holding the N×V logits. Tar
 (K targets per row sharing one softmax, the patch-level loss): each valid (row, target) pair adds
 lse_row − z[row, target]. The Triton kernel (igot.kernels.fused_linear_ce) runs on CUDA; the twin here
 is the CPU path and the test oracle: it walks N in chunks and recomputes each chunk's logits in backward,
-so its peak memory is chunk×V, not N×V.
+so its peak memory is chunk×V (plus the V×H fp32 weight gradient), not N×V. V itself is not split: a
+chunk is at least one whole row of V logits.
 """
 from __future__ import annotations
 
