@@ -419,7 +419,8 @@ def select_pairs(
 
     tok_hash / tok_strlen [n_base]: string hash and length of each base token; a candidate whose string
     equals an existing token (base or new) is skipped for good. Returns merges [M, 2], scores [M],
-    specificity [M], information gain [M], weighted and raw domain counts [M], held-out tokens after each merge [M].
+    specificity [M], information gain [M], weighted and raw domain counts [M], held-out tokens after each merge [M],
+    number of distinct candidate pairs at the start.
     """
     n_tokens = n_base + budget
     key_base = n_tokens + 1
@@ -459,7 +460,8 @@ def select_pairs(
     hb = np.empty(cap, np.int64)
     hi = np.empty(cap, np.int64)
     size = 0
-    for pid in range(dom.npairs[0]):
+    n_cand = dom.npairs[0]
+    for pid in range(n_cand):
         if dom.pc[pid] >= min_count:
             sc, _, _ = _pair_score(dom, gen, has_general, pid, n_base, code, alpha, tok_len)
             cur[pid] = sc
@@ -512,7 +514,7 @@ def select_pairs(
             sc, _, _ = _pair_score(dom, gen, has_general, q, n_base + m, code, alpha, tok_len)
             cur[q] = sc
             hs, ha, hb, hi, size = _heap_push(hs, ha, hb, hi, size, sc, dom.pa[q], dom.pb[q], q)
-    return merges[:m], scores[:m], specs[:m], gains[:m], counts_w[:m], counts_raw[:m], held_tokens[:m]
+    return merges[:m], scores[:m], specs[:m], gains[:m], counts_w[:m], counts_raw[:m], held_tokens[:m], n_cand
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -629,7 +631,7 @@ def select_terms(
 
     Scores only fall as terms are merged (pieces coarsen), so the first valid heap entry is the exact
     maximum. Ties go to the term seen first in the table (then the shorter). Returns merges [M, 2],
-    scores [M], raw domain counts [M], held-out tokens after each merge [M].
+    scores [M], raw domain counts [M], held-out tokens after each merge [M], number of distinct n-grams.
     """
     n_tokens = n_base + budget
     key_base = n_tokens + 1
@@ -825,4 +827,4 @@ def select_terms(
                 alive[o] = v > 0
                 if not dead[t] and c_score[t] > 0.0:
                     hs, ha, hb, hi, size = _heap_push(hs, ha, hb, hi, size, c_score[t], first_pos[t], o_len[o], t)
-    return merges[:m], scores[:m], counts_raw[:m], held_tokens[:m]
+    return merges[:m], scores[:m], counts_raw[:m], held_tokens[:m], n_cand

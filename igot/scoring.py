@@ -64,6 +64,7 @@ class Selection:
     tau: float | None  # the IGOT_τ threshold that cut the selection (None when not asked)
     method: str  # "igot", "ig_only", "frequency", "bpe" or "custom"
     n_base: int  # base vocabulary size: the id of entry 0
+    n_candidates: int = 0  # distinct candidates at the start (pairs, or n-grams for "frequency")
 
     def __len__(self) -> int:
         return int(self.merges.shape[0])
@@ -264,7 +265,7 @@ def select_tokens(
     tok_hash, tok_len = _string_hashes(n_base, base_tokens)
     k = _kernels()
     if name == "frequency":
-        merges, scores, counts, held = k.select_terms(
+        merges, scores, counts, held, n_cand = k.select_terms(
             d_off, d_ids, weights, d_counts, h_off, h_ids, h_counts, heldout is not None,
             n_base, budget, max_n, float(min_count), tok_hash, tok_len,
         )
@@ -274,7 +275,7 @@ def select_tokens(
         code = k.PHI_CUSTOM if callable(method) else _CODES[method]
         k._USER_PHI[0] = method if callable(method) else None
         try:
-            merges, scores, specs, gains, _, counts, held = k.select_pairs(
+            merges, scores, specs, gains, _, counts, held, n_cand = k.select_pairs(
                 d_off, d_ids, weights, d_counts, g_off, g_ids, g_counts, general is not None,
                 h_off, h_ids, h_counts, heldout is not None,
                 n_base, budget, code, float(alpha), float(min_count), tok_hash, tok_len,
@@ -293,6 +294,7 @@ def select_tokens(
         merges=np.ascontiguousarray(merges[:keep]), pieces_offsets=offsets, pieces_ids=ids,
         scores=scores[:keep], counts=counts[:keep].astype(np.int64), specificity=specs[:keep], gain=gains[:keep],
         curve=curve[:keep] if curve is not None else None, tau=tau, method=name, n_base=int(n_base),
+        n_candidates=int(n_cand),
     )
 
 
