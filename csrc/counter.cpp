@@ -277,8 +277,9 @@ std::vector<Slot> count_keys(const uint32_t* base, size_t work, const Scan& scan
     const size_t k = std::max<size_t>(1, std::min<size_t>(resolve_threads(opt.threads), work));
     const bool bounded = opt.memory_budget != 0;
     const uint64_t share = bounded ? opt.memory_budget / k : 0;
-    // Small first tables when a budget is set, so tiny budgets still work.
-    const size_t first_capacity = bounded ? std::max<size_t>(16, share / (4 * sizeof(Slot))) : 4096;
+    // Tables start small and grow; under a budget they start within a quarter of the worker's share.
+    size_t first_capacity = 4096;
+    if (bounded) first_capacity = std::min(first_capacity, std::max<size_t>(16, share / (4 * sizeof(Slot))));
     std::vector<CountTable> tables(k);
     std::vector<uint64_t> peak_bytes(k, 0);
     std::vector<std::vector<Slot>> kept(k);
@@ -339,6 +340,7 @@ std::vector<Slot> count_keys(const uint32_t* base, size_t work, const Scan& scan
         const uint64_t final_last = last.load();
 
         if (k == 1) {
+            kept[0].reserve(kept[0].size() + tables[0].size());
             for (const Slot& s : tables[0].slots()) {
                 const uint64_t r = range_key(s.hash);
                 if (s.count >= opt.min_count && r >= lo && r <= final_last) kept[0].push_back(s);
@@ -415,89 +417,73 @@ inline int bit_width(uint64_t v) {
     return bits;
 }
 
-// Sorts by count desc then ids. Each key gets a 128-bit sort key packing (max_count - count, then
-// id + 1 for as many leading ids as fit, 0 past the end so a prefix sorts first) in as few bits as
-// the data needs; an LSD radix sort orders those, and only runs of equal sort keys (same count and
-// same leading ids) are compared id by id.
-void sort_by_count(std::vector<Slot>& keys, const uint32_t* base) {
+// Sorts the counted keys by count desc then ids and writes the CSR table. Each key gets a 128-bit
+// sort key packing (max_count - count, then id + 1 for as many leading ids as fit, 0 past the end so a
+// prefix sorts first) in as few bits as the data needs, so nearly every comparison is one integer
+// comparison; only equal sort keys (same count and leading ids) compare the ids themselves. Chunks
+// sort in parallel, then merge pairwise. (An LSD radix sort of these keys needed 11 scatter passes
+// and was slower.) The count is decoded from the sort key, so the slots are freed before sorting.
+Table to_table(std::vector<Slot>&& keys, const uint32_t* base, size_t n_base, int threads, Table&& stats) {
     const size_t n = keys.size();
-    if (n < 2) return;
+    const size_t k = std::max<size_t>(1, std::min<size_t>(resolve_threads(threads), n / 65536));
+    std::vector<size_t> cut(k + 1);
+    for (size_t t = 0; t <= k; ++t) cut[t] = n * t / k;
     int64_t max_count = 1;
-    uint32_t max_id = 0;
-    for (const Slot& s : keys) {
-        max_count = std::max(max_count, s.count);
-        const uint32_t* ids = base + ref_pos(s.ref);
-        max_id = std::max(max_id, *std::max_element(ids, ids + std::min<uint32_t>(ref_len(s.ref), 6)));
-    }
+    for (const Slot& s : keys) max_count = std::max(max_count, s.count);
+    const uint32_t max_id = n_base == 0 ? 0 : *std::max_element(base, base + n_base);
     const int count_bits = bit_width(static_cast<uint64_t>(max_count - 1));
     const int id_bits = bit_width(uint64_t(max_id) + 1);
     const int packed_ids = std::min(6, (128 - count_bits) / id_bits);
+    const int count_shift = packed_ids * id_bits;
     struct Item {
         __uint128_t key;
-        uint64_t slot;
+        uint64_t ref;
     };
-    std::vector<Item> items(n), buffer(n);
-    for (size_t i = 0; i < n; ++i) {
-        const Slot& s = keys[i];
-        const uint32_t* ids = base + ref_pos(s.ref);
-        __uint128_t key = static_cast<uint64_t>(max_count - s.count);
-        for (int j = 0; j < packed_ids; ++j) {
-            key = (key << id_bits) | (static_cast<uint32_t>(j) < ref_len(s.ref) ? uint64_t(ids[j]) + 1 : 0);
-        }
-        items[i] = Item{key, i};
-    }
-    const int key_bits = count_bits + packed_ids * id_bits;
-    constexpr int kDigitBits = 11;  // 2048 buckets: the histogram and the write heads stay in L1
-    std::vector<size_t> heads(size_t(1) << kDigitBits);
-    for (int shift = 0; shift < key_bits; shift += kDigitBits) {
-        std::fill(heads.begin(), heads.end(), 0);
-        const uint64_t mask = (uint64_t(1) << kDigitBits) - 1;
-        for (const Item& it : items) ++heads[static_cast<uint64_t>(it.key >> shift) & mask];
-        if (*std::max_element(heads.begin(), heads.end()) == n) continue;  // one digit value: nothing moves
-        size_t sum = 0;
-        for (size_t& h : heads) {
-            const size_t c = h;
-            h = sum;
-            sum += c;
-        }
-        for (const Item& it : items) buffer[heads[static_cast<uint64_t>(it.key >> shift) & mask]++] = it;
-        items.swap(buffer);
-    }
-    std::vector<Item>().swap(buffer);
-    auto by_ids = [&keys, base](const Item& a, const Item& b) {
-        const Slot& x = keys[a.slot];
-        const Slot& y = keys[b.slot];
-        return ids_less(base + ref_pos(x.ref), ref_len(x.ref), base + ref_pos(y.ref), ref_len(y.ref));
+    std::vector<Item> items(n);
+    auto less = [base](const Item& a, const Item& b) {
+        if (a.key != b.key) return a.key < b.key;
+        return ids_less(base + ref_pos(a.ref), ref_len(a.ref), base + ref_pos(b.ref), ref_len(b.ref));
     };
-    for (size_t i = 0; i < n;) {
-        size_t j = i + 1;
-        while (j < n && items[j].key == items[i].key) ++j;
-        if (j - i > 1) std::sort(items.begin() + i, items.begin() + j, by_ids);
-        i = j;
+    Workers sorting;
+    sorting.run(k, [&](size_t t) {
+        for (size_t i = cut[t]; i < cut[t + 1]; ++i) {
+            const Slot& s = keys[i];
+            const uint32_t* ids = base + ref_pos(s.ref);
+            __uint128_t key = static_cast<uint64_t>(max_count - s.count);
+            for (int j = 0; j < packed_ids; ++j) {
+                key = (key << id_bits) | (static_cast<uint32_t>(j) < ref_len(s.ref) ? uint64_t(ids[j]) + 1 : 0);
+            }
+            items[i] = Item{key, s.ref};
+        }
+    });
+    std::vector<Slot>().swap(keys);
+    sorting.run(k, [&](size_t t) { std::sort(items.begin() + cut[t], items.begin() + cut[t + 1], less); });
+    for (size_t step = 1; step < k; step *= 2) {
+        std::vector<size_t> firsts;
+        for (size_t t = 0; t + step < k; t += 2 * step) firsts.push_back(t);
+        Workers merging;
+        merging.run(firsts.size(), [&](size_t j) {
+            const size_t t = firsts[j];
+            std::inplace_merge(items.begin() + cut[t], items.begin() + cut[t + step],
+                               items.begin() + cut[std::min(k, t + 2 * step)], less);
+        });
     }
-    std::vector<Slot> sorted(n);
-    for (size_t i = 0; i < n; ++i) sorted[i] = keys[items[i].slot];
-    keys.swap(sorted);
-}
 
-Table to_table(std::vector<Slot>&& keys, const uint32_t* base, int threads, Table&& stats) {
-    sort_by_count(keys, base);
     Table out = std::move(stats);
-    const size_t n = keys.size();
     out.offsets.resize(n + 1);
     out.counts.resize(n);
     out.offsets[0] = 0;
     for (size_t i = 0; i < n; ++i) {
-        out.offsets[i + 1] = out.offsets[i] + ref_len(keys[i].ref);
-        out.counts[i] = keys[i].count;
+        out.offsets[i + 1] = out.offsets[i] + ref_len(items[i].ref);
+        const uint64_t rank = count_shift >= 128 ? 0 : static_cast<uint64_t>(items[i].key >> count_shift);
+        out.counts[i] = max_count - static_cast<int64_t>(rank);
     }
     out.ids.resize(static_cast<size_t>(out.offsets[n]));
-    const size_t k = std::max<size_t>(1, std::min<size_t>(resolve_threads(threads), n / 65536));
     Workers copying;
     copying.run(k, [&](size_t t) {
-        for (size_t i = n * t / k, e = n * (t + 1) / k; i < e; ++i) {
-            std::memcpy(out.ids.data() + out.offsets[i], base + ref_pos(keys[i].ref),
-                        ref_len(keys[i].ref) * sizeof(uint32_t));
+        for (size_t i = cut[t]; i < cut[t + 1]; ++i) {
+            std::memcpy(out.ids.data() + out.offsets[i], base + ref_pos(items[i].ref),
+                        ref_len(items[i].ref) * sizeof(uint32_t));
         }
     });
     return out;
@@ -640,7 +626,7 @@ Table count_ngrams(const Stream& stream, const CountOptions& options) {
     const NgramScan scan(stream, 2, options.max_n, options.cross_words);
     std::vector<Slot> keys = count_keys(stream.ids, stream.size, scan,
                                         {options.threads, options.min_count, options.memory_budget}, stats);
-    return to_table(std::move(keys), stream.ids, options.threads, std::move(stats));
+    return to_table(std::move(keys), stream.ids, stream.size, options.threads, std::move(stats));
 }
 
 Table count_words(const Stream& stream, int threads) {
@@ -649,7 +635,7 @@ Table count_words(const Stream& stream, int threads) {
     Table stats;
     const WordScan scan(stream);
     std::vector<Slot> keys = count_keys(stream.ids, stream.size, scan, {threads, 1, 0}, stats);
-    return to_table(std::move(keys), stream.ids, threads, std::move(stats));
+    return to_table(std::move(keys), stream.ids, stream.size, threads, std::move(stats));
 }
 
 Table merge_tables(const int64_t* offsets, size_t n, const uint32_t* ids, size_t n_ids, const int64_t* counts,
@@ -665,7 +651,7 @@ Table merge_tables(const int64_t* offsets, size_t n, const uint32_t* ids, size_t
     Table stats;
     const EntryScan scan(offsets, ids, counts);
     std::vector<Slot> keys = count_keys(ids, n, scan, {threads, min_count, 0}, stats);
-    return to_table(std::move(keys), ids, threads, std::move(stats));
+    return to_table(std::move(keys), ids, n_ids, threads, std::move(stats));
 }
 
 std::vector<int64_t> lookup_ngrams(const int64_t* offsets, size_t n, const uint32_t* table_ids, size_t n_table_ids,
