@@ -292,16 +292,23 @@ std::vector<Slot> count_keys(const uint32_t* base, size_t work, const Scan& scan
         counting.run(k, [&](size_t t) {
             CountTable& table = tables[t];
             table.reset(first_capacity);
+            uint64_t applied_last = last.load();  // the range this table was last purged to
             auto make_room = [&]() {
                 while (table.needs_grow()) {
                     uint64_t cur = last.load();
+                    if (cur < applied_last) {  // another worker narrowed the range: use that room first
+                        table.drop_above(cur);
+                        applied_last = cur;
+                        continue;
+                    }
                     // A rehash holds the old and the new array: 3x the current size at its peak.
                     if (table.bytes() * 3 <= share || cur == lo) {
                         table.grow();
                         break;
                     }
                     last.compare_exchange_strong(cur, lo + (cur - lo) / 2);
-                    table.drop_above(last.load());
+                    applied_last = last.load();
+                    table.drop_above(applied_last);
                 }
             };
             auto insert = [&](const Slot& key) {
