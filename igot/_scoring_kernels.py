@@ -144,11 +144,47 @@ def _count_word_pairs(st, w, sign, key_base, ntouched):
 
 
 @njit(cache=True)
+def _grown(arr, n, fill):
+    """A copy of arr with length n (>= arr.size); the new tail is set to fill."""
+    out = np.empty(n, arr.dtype)
+    out[: arr.size] = arr
+    out[arr.size :] = fill
+    return out
+
+
+@njit(cache=True)
+def _reserve(st, n_new, key_base):
+    """st with room for n_new more pair ids and links: arrays doubled and the pair map rebuilt if short."""
+    need_pairs = st.npairs[0] + n_new
+    need_links = st.nlinks[0] + n_new
+    if need_pairs <= st.pa.size and 2 * need_pairs <= st.keys.size and need_links <= st.lword.size:
+        return st
+    n_pairs = st.pa.size
+    while n_pairs < need_pairs:
+        n_pairs *= 2
+    n_links = st.lword.size
+    while n_links < need_links:
+        n_links *= 2
+    keys = np.full(_pow2_at_least(2 * n_pairs), -1, np.int64)
+    vals = np.empty(keys.size, np.int64)
+    for pid in range(st.npairs[0]):
+        _map_insert(keys, vals, st.pa[pid] * key_base + st.pb[pid], pid)
+    return PairState(
+        st.seg, st.wstart, st.wlen, st.weight, st.raw, st.tok_w, st.tot_w, st.tot_raw, keys, vals,
+        _grown(st.pa, n_pairs, 0), _grown(st.pb, n_pairs, 0), _grown(st.pc, n_pairs, 0.0), st.npairs,
+        _grown(st.head, n_pairs, -1), _grown(st.lword, n_links, 0), _grown(st.lnext, n_links, 0), st.nlinks,
+        _grown(st.delta, n_pairs, 0.0), _grown(st.mark, n_pairs, 0), _grown(st.inword, n_pairs, 0),
+        _grown(st.touched, n_pairs, 0), st.stamp,
+    )
+
+
+@njit(cache=True)
 def _new_pair_state(offsets, ids, weight, raw, n_tokens, key_base):
     """Pair state of a word table whose words are all at their base segmentation."""
     n_words = offsets.size - 1
     n_sym = ids.size
-    max_pairs = n_sym + 2 * max(n_sym - n_words, 0) + 1  # each merge application makes <= 2 new pairs
+    max_pairs = max(1024, n_sym // 4)  # grown by _reserve as merges make new pairs
+    n_links = max(1024, n_sym // 2)
     cap = _pow2_at_least(2 * max_pairs)
     tok_w = np.zeros(n_tokens, np.float64)
     tot_w = np.zeros(1, np.float64)
@@ -166,12 +202,13 @@ def _new_pair_state(offsets, ids, weight, raw, n_tokens, key_base):
         np.full(cap, -1, np.int64), np.empty(cap, np.int64),
         np.empty(max_pairs, np.int64), np.empty(max_pairs, np.int64), np.zeros(max_pairs, np.float64),
         np.zeros(1, np.int64),
-        np.full(max_pairs, -1, np.int64), np.empty(3 * n_sym + 1, np.int64),
-        np.empty(3 * n_sym + 1, np.int64), np.zeros(1, np.int64),
+        np.full(max_pairs, -1, np.int64), np.empty(n_links, np.int64),
+        np.empty(n_links, np.int64), np.zeros(1, np.int64),
         np.zeros(max_pairs, np.float64), np.zeros(max_pairs, np.int64), np.zeros(max_pairs, np.int64),
         np.empty(max_pairs, np.int64), np.zeros(1, np.int64),
     )
     for w in range(n_words):
+        st = _reserve(st, wlen[w], key_base)
         st.stamp[0] += 1
         nt = _count_word_pairs(st, w, 1.0, key_base, 0)
         for j in range(nt):
@@ -185,12 +222,12 @@ def _new_pair_state(offsets, ids, weight, raw, n_tokens, key_base):
 def _apply_merge(st, a, b, new, key_base):
     """Merge every leftmost non-overlapping (a, b) into `new` in all words; update all counts.
 
-    Returns (number of pair ids whose count changed, listed in st.touched[:n], weighted applications,
-    raw applications).
+    Returns (the state, whose arrays may have been regrown; number of pair ids whose count changed, listed
+    in st.touched[:n]; weighted applications; raw applications).
     """
     pid = _map_find(st.keys, st.vals, a * key_base + b)
     if pid == -1:
-        return 0, 0.0, 0
+        return st, 0, 0.0, 0
     ntouched = 0
     applied_w = 0.0
     applied_raw = 0
@@ -207,6 +244,7 @@ def _apply_merge(st, a, b, new, key_base):
                 break
         if not found:  # the pair left this word earlier (the list is never pruned)
             continue
+        st = _reserve(st, n, key_base)
         st.stamp[0] += 1
         ntouched = _count_word_pairs(st, w, -1.0, key_base, ntouched)
         k = 0
@@ -241,7 +279,7 @@ def _apply_merge(st, a, b, new, key_base):
             st.delta[q] = 0.0
             st.touched[n_changed] = q
             n_changed += 1
-    return n_changed, applied_w, applied_raw
+    return st, n_changed, applied_w, applied_raw
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -451,9 +489,8 @@ def select_pairs(
     counts_raw = np.empty(budget, np.int64)
     held_tokens = np.empty(budget, np.int64)
 
-    max_pairs = dom.pa.size
-    cur = np.full(max_pairs, -np.inf)
-    dead = np.zeros(max_pairs, np.bool_)
+    cur = np.full(dom.pa.size, -np.inf)
+    dead = np.zeros(dom.pa.size, np.bool_)
     cap = max(16, 2 * dom.npairs[0])
     hs = np.empty(cap, np.float64)
     ha = np.empty(cap, np.int64)
@@ -497,13 +534,16 @@ def select_pairs(
         specs[m] = spec
         gains[m] = ig
         dead[pid] = True
-        n_changed, applied_w, applied_raw = _apply_merge(dom, a, b, new, key_base)
+        dom, n_changed, applied_w, applied_raw = _apply_merge(dom, a, b, new, key_base)
+        if dom.pa.size > cur.size:
+            cur = _grown(cur, dom.pa.size, -np.inf)
+            dead = _grown(dead, dom.pa.size, False)
         counts_w[m] = applied_w
         counts_raw[m] = applied_raw
         if has_general:
-            _apply_merge(gen, a, b, new, key_base)
+            gen = _apply_merge(gen, a, b, new, key_base)[0]
         if has_heldout:
-            _apply_merge(held, a, b, new, key_base)
+            held = _apply_merge(held, a, b, new, key_base)[0]
         held_tokens[m] = held.tot_raw[0]
         m += 1
         for j in range(n_changed):
@@ -806,7 +846,7 @@ def select_terms(
             scores[m] = c_score[c]
             counts_raw[m] = applied_raw
             if has_heldout:
-                _apply_merge(held, a, b, new, key_base)
+                held = _apply_merge(held, a, b, new, key_base)[0]
             held_tokens[m] = held.tot_raw[0]
             m += 1
         # occurrences in changed words lose value; push their terms' new scores
