@@ -97,7 +97,8 @@ def main() -> None:
         for label, (wall, cpu) in seconds.items():
             rows.append(f"| {name} | {label} | {corpus.n_docs:,} | {corpus.n_tokens:,} | "
                         f"{corpus.n_tokens / wall / 1e6:.2f} | {corpus.n_bytes / wall / 1e6:.1f} | "
-                        f"{base_wall / wall:.2f}x | {cpu * 1e9 / corpus.n_tokens:.0f} | {base_cpu / cpu:.2f}x |")
+                        f"{base_wall / wall:.2f}x | {cpu * 1e9 / corpus.n_tokens:.0f} | "
+                        f"{base_cpu / cpu:.2f}x |")
             print(rows[-1], file=sys.stderr, flush=True)  # progress on a slow, shared machine
 
     command = "python benchmarks/bench_corpus.py " + " ".join(sys.argv[1:])

@@ -1,4 +1,4 @@
-"""igot.corpus against an independent reference: each pre-token of `pre_tokenize_str` run through the model."""
+"""igot.corpus against an independent reference: each pre-token of pre_tokenize_str through the model."""
 from __future__ import annotations
 
 import gzip
