@@ -85,7 +85,7 @@ def main() -> None:
     _, t_numba, sel = median_time(lambda: scoring.select_tokens(subset, budget, n_base=n_base, general=sub_general), repeats)
     _, t_py, out = median_time(lambda: ref.select_pairs(
         words_of(subset), subset.counts.astype(float), subset.counts, words_of(sub_general), sub_general.counts,
-        None, None, n_base, budget, scoring._CODES["igot"], None, 0.5, 2.0, None), 1)
+        None, None, n_base, budget, scoring._kernels().PHI_IGOT, None, 0.5, 2.0, None), 1)
     same = [tuple(m) for m in sel.merges.tolist()] == [tuple(int(x) for x in m) for m in out["merges"]]
     lines += [
         f"Numba vs pure Python (method igot, budget {budget}, {len(subset.counts)} words, "

@@ -279,7 +279,7 @@ def select_tokens(
         specs = np.zeros(len(scores))
         gains = np.full(len(scores), np.nan)
     else:
-        code = k.PHI_CUSTOM if callable(method) else _CODES[method]
+        code = k.PHI_CUSTOM if callable(method) else getattr(k, f"PHI_{name.upper()}")  # PHI_BPE, ...
         k._USER_PHI[0] = method if callable(method) else None
         try:
             merges, scores, specs, gains, _, counts, held, n_cand = k.select_pairs(
@@ -305,9 +305,6 @@ def select_tokens(
     )
 
 
-_CODES = {"bpe": 0, "ig_only": 1, "igot": 2}
-
-
 def apply_merges(words: Any, selection: Selection) -> np.ndarray:
     """Number of tokens of each word under the extended tokenizer (base segmentation + new merges).
 
@@ -321,9 +318,13 @@ def apply_merges(words: Any, selection: Selection) -> np.ndarray:
 
     Raises:
         TypeError: words is not a WordTable of int64 / uint32 / int64 arrays.
+        ValueError: words hold ids >= selection.n_base.
     """
     offsets, ids, _ = _word_arrays(words, "words")
-    return _kernels().apply_merges(offsets, ids, selection.merges, selection.n_base)[0]
+    merges = np.ascontiguousarray(selection.merges, dtype=np.int64).reshape(-1, 2)  # [M, 2]
+    if ids.size and int(ids.max()) >= selection.n_base:
+        raise ValueError(f"words hold id {int(ids.max())} >= n_base={selection.n_base}: pass base-id words")
+    return _kernels().apply_merges(offsets, ids, merges, int(selection.n_base))[0]
 
 
 def token_saving(words: Any, selection: Selection) -> float:

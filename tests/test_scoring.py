@@ -53,7 +53,8 @@ def user_phi(ig, spec, count, pieces):
 
 
 def reference_pairs(p, method, base_strings=None, min_count=2.0, general=True):
-    code, phi = (scoring._CODES[method], None) if isinstance(method, str) else (3, None)
+    k = scoring._kernels()
+    code, phi = (getattr(k, f"PHI_{method.upper()}"), None) if isinstance(method, str) else (k.PHI_CUSTOM, None)
     if callable(method):
         phi = lambda c, ig, s, n, q: float(method(np.float64(ig), np.float64(s), np.float64(n), np.float64(q)))  # noqa: E731
     return ref.select_pairs(
