@@ -63,16 +63,20 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _add_extend(sub: argparse._SubParsersAction) -> None:
+    from typing import get_args
+
+    from .corpus import DocMode
+    from .vocab import METHODS
+
     p = sub.add_parser("extend", help="extend a tokenizer with domain entries written as real merges")
     p.add_argument("--base", required=True, help="Hugging Face tokenizer folder or tokenizer.json")
     p.add_argument("--domain", nargs="+", required=True, help="domain files, folders or globs")
     p.add_argument("--general", nargs="+", default=None, help="general-text files, folders or globs")
     p.add_argument("--heldout", nargs="+", default=None, help="held-out domain files (reported, used by tau)")
     p.add_argument("--budget", type=int, default=2000, help="the most new vocabulary entries")
-    p.add_argument("--method", choices=["igot", "frequency", "bpe", "added_tokens"], default="igot")
+    p.add_argument("--method", choices=METHODS, default="igot", help="how entries are chosen")
     p.add_argument("--tau", default=None, help="IGOT_tau stopping threshold: a float or 'auto'")
-    p.add_argument("--doc-mode", choices=["file", "blank_line", "line"], default="file",
-                   help="how .txt files split into documents")
+    p.add_argument("--doc-mode", choices=get_args(DocMode), default="file", help="how .txt files split")
     p.add_argument("--out", required=True, help="output folder (tokenizer.json + HF side files)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_extend)
