@@ -1,6 +1,7 @@
 """Benchmark igot.scoring on the real biomedical corpus (SmolLM2 tokenizer).
 
-1. Numba vs the pure-Python oracle (igot/_scoring_reference.py), same algorithm and same picks, on a subset.
+1. Numba vs the pure-Python oracle (igot/_scoring_reference.py), same algorithm and same picks (the full
+   corpus, 500 entries; --quick: 1500 documents, 200 entries).
 2. Selection time on the full corpus (HPO + GO train) per method, with the number of candidates, and on a
    synthetic table sized past 1M candidates (real corpora here have < 100k distinct pairs).
 3. Held-out token saving (HPO + GO held-out) of igot / ig_only / frequency / bpe at 500 / 2000 / 8000.
@@ -79,9 +80,9 @@ def main() -> None:
     lines = [f"Command: `.venv/bin/python {command}`", ""]
 
     # 1. Numba vs pure Python, same algorithm, same picks
-    subset = word_table(tok, train[: 1500 if args.quick else 4000])
-    sub_general = word_table(tok, data.load_corpus("sotu", "all")[:40])
-    budget = 200
+    subset = word_table(tok, train[:1500]) if args.quick else domain
+    sub_general = word_table(tok, data.load_corpus("sotu", "all")[:40]) if args.quick else general
+    budget = 200 if args.quick else 500
     _, t_numba, sel = median_time(lambda: scoring.select_tokens(subset, budget, n_base=n_base, general=sub_general), repeats)
     _, t_py, out = median_time(lambda: ref.select_pairs(
         words_of(subset), subset.counts.astype(float), subset.counts, words_of(sub_general), sub_general.counts,
