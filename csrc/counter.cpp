@@ -82,10 +82,6 @@ public:
         set_shape(cap);
         size_ = 0;
     }
-    void release() {
-        std::vector<Slot>().swap(slots_);
-        size_ = 0;
-    }
 
     size_t size() const { return size_; }
     size_t bytes() const { return slots_.capacity() * sizeof(Slot); }
@@ -282,6 +278,8 @@ std::vector<Slot> count_keys(const uint32_t* base, size_t work, const Scan& scan
     if (bounded) first_capacity = std::min(first_capacity, std::max<size_t>(16, share / (4 * sizeof(Slot))));
     std::vector<CountTable> tables(k);
     std::vector<uint64_t> peak_bytes(k, 0);
+    std::vector<size_t> full_size(k, 0);  // keys a worker's table held when the budget stopped its growth
+    std::vector<size_t> end_size(k, 0);   // keys a worker's table held at the end of the pass
     std::vector<std::vector<Slot>> kept(k);
 
     uint64_t lo = 0, width = ~uint64_t(0);  // this pass counts the range keys in [lo, lo + width]
@@ -306,6 +304,7 @@ std::vector<Slot> count_keys(const uint32_t* base, size_t work, const Scan& scan
                         table.grow();
                         break;
                     }
+                    full_size[t] = std::max(full_size[t], table.size());
                     last.compare_exchange_strong(cur, lo + (cur - lo) / 2);
                     applied_last = last.load();
                     table.drop_above(applied_last);
@@ -345,6 +344,7 @@ std::vector<Slot> count_keys(const uint32_t* base, size_t work, const Scan& scan
             peak_bytes[t] = std::max<uint64_t>(peak_bytes[t], table.bytes());
         });
         const uint64_t final_last = last.load();
+        for (size_t t = 0; t < k; ++t) end_size[t] = tables[t].size();
 
         if (k == 1) {
             kept[0].reserve(kept[0].size() + tables[0].size());
@@ -395,7 +395,14 @@ std::vector<Slot> count_keys(const uint32_t* base, size_t work, const Scan& scan
             });
         }
         if (final_last == ~uint64_t(0)) break;
-        width = final_last - lo;  // the next pass starts with the range width that fitted this one
+        // The next pass aims to fill the fullest table to 85% of what the budget let it hold: widths
+        // carried over unchanged only ever shrink (each halving sticks), which multiplied the passes.
+        const size_t fullest = *std::max_element(end_size.begin(), end_size.end());
+        const size_t limit = *std::max_element(full_size.begin(), full_size.end());
+        const long double scale =
+            fullest == 0 || limit == 0 ? 4.0L : std::min(4.0L, std::max(0.5L, 0.85L * limit / static_cast<long double>(fullest)));
+        width = static_cast<uint64_t>(std::min<long double>(18446744073709551615.0L,
+                                                            std::max(1.0L, (final_last - lo) * scale)));
         lo = final_last + 1;
     }
     uint64_t peak = 0;

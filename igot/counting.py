@@ -21,7 +21,7 @@ tables, including the transient arrays of a rehash: when a table would outgrow i
 the pass narrows the range of hash values it accepts and a later pass over the stream counts the rest.
 Counts stay exact under any budget (each pass counts every occurrence of the n-grams in its hash
 range); a smaller budget costs passes, never accuracy. Not bounded: the input and the output arrays,
-plus 24 bytes per kept n-gram while the output is sorted.
+plus about 56 bytes per kept n-gram while the output is sorted.
 
 File format (.igc, little-endian; NgramTable.save / NgramTable.load):
 

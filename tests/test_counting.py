@@ -197,6 +197,19 @@ def test_empty_and_non_contiguous_inputs():
     assert count_ngrams(np.zeros(0, dtype=np.uint32)).lookup(np.arange(3, dtype=np.uint32)).tolist() == []
     strided = np.array([7, 0, 8, 0, 7, 0, 8], dtype=np.uint32)[::2]
     assert count_ngrams(strided, max_n=2).to_dict() == {(7, 8): 2, (8, 7): 1}
+    read_only = np.array([7, 8, 7, 8], dtype=np.uint32)
+    read_only.setflags(write=False)  # what a memory-mapped EncodedCorpus hands over
+    assert count_ngrams(read_only, max_n=2).to_dict() == {(7, 8): 2, (8, 7): 1}
+
+
+def test_an_error_inside_the_workers_reaches_the_caller_as_value_error():
+    # One pre-token longer than a table key may be: the worker that meets it stops the others, they are
+    # joined, and its std::length_error is rethrown on the calling thread.
+    n = (1 << 24) + 1
+    ids = np.zeros(n, dtype=np.uint32)
+    word_starts = np.zeros(n, dtype=bool)
+    with pytest.raises(ValueError, match="longer than the limit"):
+        count_words(ids, word_starts, threads=2)
 
 
 @pytest.mark.slow
