@@ -83,7 +83,7 @@ def assert_matches(fast, ref, tol):
         torch.testing.assert_close(grads[name].double(), ref_grad, **tol, msg=lambda m: f"grad {name}: {m}")
 
 
-FP32 = dict(rtol=2e-5, atol=2e-6)
+FP32 = dict(rtol=1e-4, atol=1e-5)  # fp32 sums over V with cancellation (softmax minus one-hot)
 
 CASES = [  # n, v, h, k, reduction, bias, mask
     (37, 301, 48, 1, "mean", True, False),  # odd sizes, K = 1: plain cross-entropy

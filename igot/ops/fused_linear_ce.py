@@ -3,9 +3,9 @@
 loss = logsumexp(h·Wᵀ + b) − z[y] without ever holding the N×V logits. Targets may be [N] or [N, K]
 (K targets per row sharing one softmax, the patch-level loss): each valid (row, target) pair adds
 lse_row − z[row, target]. The Triton kernel (igot.kernels.fused_linear_ce) runs on CUDA; the twin here
-is the CPU path and the test oracle: it walks N in chunks and recomputes each chunk's logits in backward,
-so its peak memory is chunk×V (plus the V×H fp32 weight gradient), not N×V. V itself is not split: a
-chunk is at least one whole row of V logits.
+is the CPU path and the test oracle: forward walks N in chunks of whole rows (the lse needs all of V),
+backward recomputes the logits in slabs of V columns for all N rows; its peak memory is a chunk or slab
+(about _TWIN_CHUNK_ELEMENTS logits) plus the fp32 gradients, not N×V.
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ _REDUCTIONS = ("mean", "sum", "none")
 # unlike −inf, a block made only of excluded rows still has a finite maximum (no inf − inf = NaN).
 MASKED_LOGIT = -1e30
 
-# The twin holds two fp32 [chunk, V] buffers (logits and their exp): 2**23 elements each is 32 MiB, small
-# next to the N×V logits it replaces and large enough that the per-chunk matmuls stay efficient.
+# The twin holds a few fp32 buffers of this many logits ([chunk, V] in forward, [N, slab] in backward):
+# 2**23 elements is 32 MiB each, small next to the N×V logits it replaces and large enough that the
+# per-chunk matmuls stay efficient.
 _TWIN_CHUNK_ELEMENTS = 1 << 23
 
 
@@ -165,6 +166,10 @@ def _twin_chunk_rows(n_vocab: int) -> int:
     return max(1, _TWIN_CHUNK_ELEMENTS // n_vocab)
 
 
+def _twin_slab_columns(n_rows: int) -> int:
+    return max(1, _TWIN_CHUNK_ELEMENTS // max(n_rows, 1))
+
+
 def _acc_dtype(tensor: torch.Tensor) -> torch.dtype:
     return torch.promote_types(tensor.dtype, torch.float32)
 
@@ -177,7 +182,7 @@ def _chunk_logits(hidden_chunk: torch.Tensor, weight: torch.Tensor, offset: torc
 
 class TorchFusedLinearCEFunction(torch.autograd.Function):
     """Chunked pure-torch fused linear CE: forward keeps only the per-row lse, backward recomputes
-    each chunk's logits. Takes the prepared arguments of fused_linear_cross_entropy (grad_enabled is
+    the logits slab by slab of the vocabulary. Takes the prepared arguments of fused_linear_cross_entropy (grad_enabled is
     unused: nothing here depends on whether a backward will come)."""
 
     @staticmethod
@@ -206,33 +211,38 @@ class TorchFusedLinearCEFunction(torch.autograd.Function):
     def backward(ctx, grad_loss, grad_lse):  # type: ignore[no-untyped-def]
         hidden, weight, bias, targets, offset, lse, n_valid = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-        n_rows = hidden.shape[0]
+        n_rows, n_vocab = hidden.shape[0], weight.shape[0]
         acc_dtype = _acc_dtype(hidden)
         scale = grad_loss.to(acc_dtype)
         if ctx.reduction == "mean":
             scale = scale / n_valid.clamp(min=1)
-        scale = scale.expand(n_rows)  # [N] upstream gradient of each row's loss
         valid = targets != ctx.ignore_index  # [N, K]
-        weight_acc = weight.to(acc_dtype) if need_hidden else None  # one copy, not one per chunk
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_weight else None
-        grad_bias = torch.zeros(weight.shape[0], dtype=acc_dtype, device=weight.device) if need_bias else None
-        chunk = _twin_chunk_rows(weight.shape[0])
-        for start in range(0, n_rows, chunk):
-            rows = slice(start, start + chunk)
-            logits = _chunk_logits(hidden[rows], weight, offset)  # [C, V]
-            pair_scale = valid[rows] * scale[rows, None]  # [C, K]
+        pair_scale = valid * scale.expand(n_rows)[:, None]  # [N, K] upstream gradient of each pair
+        row_scale = pair_scale.sum(1, keepdim=True)  # [N, 1]
+        hidden_acc = hidden.to(acc_dtype)
+        grad_hidden = torch.zeros(hidden.shape, dtype=acc_dtype, device=hidden.device) if need_hidden else None
+        grad_weight = torch.empty(weight.shape, dtype=acc_dtype, device=weight.device) if need_weight else None
+        grad_bias = torch.empty(n_vocab, dtype=acc_dtype, device=weight.device) if need_bias else None
+        # Backward walks V in slabs of all N rows (the lse is known): each slab's grad_W rows come from
+        # one matmul, where walking N in chunks would read and write the whole fp32 grad_W per chunk.
+        slab = _twin_slab_columns(n_rows)
+        for start in range(0, n_vocab, slab):
+            cols = slice(start, start + slab)
+            # the same logits as forward (in the input dtype, then widened), so that they match its lse
+            logits = _chunk_logits(hidden, weight[cols], None if offset is None else offset[cols])  # [N, S]
+            weight_slab = weight[cols].to(acc_dtype)  # [S, H]
             # d loss_r / d z_rj = n_r·softmax_rj − #{k: y_rk = j}, times the row's upstream gradient
-            grad_logits = torch.exp(logits - lse[rows, None]) * pair_scale.sum(1, keepdim=True)
-            grad_logits.scatter_add_(1, targets[rows].clamp(min=0) * valid[rows], -pair_scale)
+            grad_logits = torch.exp(logits - lse[:, None]) * row_scale
+            in_slab = (targets >= start) & (targets < start + logits.shape[1]) & valid  # [N, K]
+            grad_logits.scatter_add_(1, (targets - start) * in_slab, -pair_scale * in_slab)
             if need_hidden:
-                grad_hidden[rows] = (grad_logits @ weight_acc).to(hidden.dtype)
+                grad_hidden.addmm_(grad_logits, weight_slab)
             if need_weight:
-                grad_weight.addmm_(grad_logits.T, hidden[rows].to(acc_dtype))
+                torch.mm(grad_logits.T, hidden_acc, out=grad_weight[cols])
             if need_bias:
-                grad_bias += grad_logits.sum(0)
+                grad_bias[cols] = grad_logits.sum(0)
         return (
-            grad_hidden,
+            grad_hidden.to(hidden.dtype) if need_hidden else None,
             grad_weight.to(weight.dtype) if need_weight else None,
             grad_bias.to(bias.dtype) if need_bias else None,
             None, None, None, None, None,
