@@ -331,7 +331,10 @@ _USER_PHI: list = [None]
 
 
 def _call_user_phi(ig, spec, count, pieces):
-    return float(_USER_PHI[0](np.float64(ig), np.float64(spec), np.float64(count), np.float64(pieces)))
+    out = np.asarray(_USER_PHI[0](np.float64(ig), np.float64(spec), np.float64(count), np.float64(pieces)))
+    if out.size != 1:
+        raise ValueError(f"the method callable must return one score per candidate, got shape {out.shape}")
+    return float(out.reshape(-1)[0])
 
 
 @njit(cache=True)

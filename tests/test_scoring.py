@@ -226,6 +226,11 @@ def test_user_phi_errors_propagate():
 
     with pytest.raises(ZeroDivisionError):
         scoring.select_tokens(dom, 5, n_base=8, method=broken)
+    with pytest.raises(ValueError, match="one score per candidate"):
+        scoring.select_tokens(dom, 5, n_base=8, method=lambda ig, s, n, p: np.array([n, n]))
+    # vectorised code that returns a one-element array is fine, and equals the plain count (bpe)
+    vectorised = scoring.select_tokens(dom, 5, n_base=8, method=lambda ig, s, n, p: np.atleast_1d(n))
+    np.testing.assert_array_equal(vectorised.merges, scoring.select_tokens(dom, 5, n_base=8, method="bpe").merges)
 
 
 def test_import_does_not_load_numba():
