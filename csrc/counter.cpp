@@ -399,10 +399,10 @@ std::vector<Slot> count_keys(const uint32_t* base, size_t work, const Scan& scan
         // carried over unchanged only ever shrink (each halving sticks), which multiplied the passes.
         const size_t fullest = *std::max_element(end_size.begin(), end_size.end());
         const size_t limit = *std::max_element(full_size.begin(), full_size.end());
-        const long double scale =
-            fullest == 0 || limit == 0 ? 4.0L : std::min(4.0L, std::max(0.5L, 0.85L * limit / static_cast<long double>(fullest)));
-        width = static_cast<uint64_t>(std::min<long double>(18446744073709551615.0L,
-                                                            std::max(1.0L, (final_last - lo) * scale)));
+        long double scale = 4.0L;
+        if (fullest != 0 && limit != 0) scale = std::min(4.0L, std::max(0.5L, 0.85L * limit / fullest));
+        const long double next_width = std::max(1.0L, (final_last - lo) * scale);
+        width = next_width >= 18446744073709551615.0L ? ~uint64_t(0) : static_cast<uint64_t>(next_width);
         lo = final_last + 1;
     }
     uint64_t peak = 0;

@@ -13,8 +13,9 @@
 //   * Memory budget (bytes, 0 = unlimited): the hash tables of all workers, including the transient
 //     old+new arrays of a rehash, stay within the budget. When a table would outgrow its worker's share,
 //     the pass shrinks the range of hash values it accepts (halving it) and drops the keys above the new
-//     range; the dropped range is counted exactly by a later pass over the input. Counts stay exact:
-//     each pass counts every occurrence of the keys in its range and nothing else.
+//     range; the dropped range is counted exactly by a later pass over the input, whose range width is
+//     sized from how full the tables of the previous pass got. Counts stay exact: each pass counts
+//     every occurrence of the keys in its range and nothing else.
 //   * Results are sorted by count descending, then by ids lexicographically (a prefix before the
 //     longer key).
 #pragma once
