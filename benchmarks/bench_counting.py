@@ -77,7 +77,8 @@ def same_table(a: NgramTable, b: NgramTable) -> bool:
     return all(np.array_equal(x, y) for x, y in ((a.offsets, b.offsets), (a.ids, b.ids), (a.counts, b.counts)))
 
 
-def encode(name: str, docs: list[str], tokenizer: Path):
+def encode(docs: list[str], tokenizer: Path):
+    """Encode docs with encode_corpus; return the corpus and the wall time."""
     start = time.perf_counter()
     corpus = encode_corpus(tokenizer, docs, progress=False)
     seconds = time.perf_counter() - start
@@ -124,8 +125,8 @@ def main() -> int:
     general_docs = data.load_corpus("sotu", "all")
     if args.quick:
         domain_docs, general_docs = domain_docs[:4000], general_docs[:20]
-    domain, encode_domain_s = encode("domain", domain_docs, tokenizer)
-    general, encode_general_s = encode("general", general_docs, tokenizer)
+    domain, encode_domain_s = encode(domain_docs, tokenizer)
+    general, encode_general_s = encode(general_docs, tokenizer)
     stream = (domain.ids, domain.word_starts, domain.doc_starts)
     n_dom, n_gen = len(domain.ids), len(general.ids)
     subset = (200_000 if not args.quick else 50_000), (40_000 if not args.quick else 10_000)

@@ -49,7 +49,7 @@ import struct
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
@@ -405,9 +405,9 @@ def _reference_segments(ids: Sequence[int], word_starts: Sequence[bool] | None, 
         yield segment
 
 
-def _reference_csr(counter: dict[tuple[int, ...], int] | Iterable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _reference_csr(counter: Mapping[tuple[int, ...], int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sort {ids tuple: count} by count desc, then ids (Python tuple order), into CSR arrays."""
-    items = sorted(dict(counter).items(), key=lambda kv: (-kv[1], kv[0]))
+    items = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
     offsets = np.zeros(len(items) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(k) for k, _ in items], dtype=np.int64)
     flat = np.array([t for k, _ in items for t in k], dtype=np.uint32)
