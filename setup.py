@@ -10,7 +10,8 @@ ext_modules = [
         sorted(glob("csrc/*.cpp")),
         include_dirs=["csrc"],
         cxx_std=17,
-        extra_compile_args=["-O3"],
+        extra_compile_args=["-O3", "-pthread"],
+        extra_link_args=["-pthread"],  # std::thread needs it on glibc < 2.34
         define_macros=[("VERSION_INFO", '"0.1.0"')],
     ),
 ]
