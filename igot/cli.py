@@ -220,11 +220,27 @@ def _cmd_extend_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the whole pipeline on the fetched biomedical data and SmolLM2-135M")
+    p.add_argument("--out", default="out/demo-tokenizer", help="folder for the extended tokenizer")
+    p.add_argument("--budget", type=int, default=2000, help="new vocabulary entries")
+    p.add_argument("--eval-docs", type=int, default=100, help="held-out documents for bits per byte (0 = skip)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    run(args.out, budget=args.budget, eval_docs=args.eval_docs, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the `igot` argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="igot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_data, _add_encode, _add_extend, _add_count, _add_extend_model):
+    for add in (_add_data, _add_encode, _add_extend, _add_count, _add_extend_model, _add_demo):
         add(sub)
     return parser
 

@@ -20,7 +20,7 @@ def _texts(names: tuple[str, ...], split: str) -> list[str]:
     return [doc for name in names for doc in load_corpus(name, split)]
 
 
-def run(out: str | Path, *, budget: int = 2000, eval_docs: int = 200, progress: bool = True) -> dict:
+def run(out: str | Path, *, budget: int = 2000, eval_docs: int = 100, progress: bool = True) -> dict:
     """Run the demo and print its tables; the extended tokenizer and report go to `out`.
 
     Args:
@@ -53,7 +53,7 @@ def run(out: str | Path, *, budget: int = 2000, eval_docs: int = 200, progress: 
     counted = time.perf_counter()
     print(f"\n1. count: {corpus.n_tokens:,} tokens encoded in {encoded - start:.2f} s, "
           f"{len(table):,} n-grams (2..8 tokens inside a word, count >= 2) counted in {counted - encoded:.3f} s "
-          f"({corpus.n_tokens / (counted - encoded):,.0f} tokens/s); most frequent multi-token words:")
+          f"({corpus.n_tokens / (counted - encoded):,.0f} tokens/s); the most frequent of 3+ tokens:")
     lengths = np.diff(table.offsets)
     shown = 0
     for i in range(len(table)):
@@ -66,12 +66,13 @@ def run(out: str | Path, *, budget: int = 2000, eval_docs: int = 200, progress: 
                            progress=progress)
     folder = ext.save(out)
     tokens = ext.report["tokens"]
-    print(f"\n2. extend: {ext.report['entries_added']:,} entries chosen by information gain in "
+    print(f"\n2. extend: {ext.report['entries_added']:,} entries chosen (method igot) in "
           f"{time.perf_counter() - start:.1f} s, written as BPE merges to {folder}")
     print("\n| corpus | base tokens | extended tokens | saving |\n|---|---:|---:|---:|")
     for name, row in tokens.items():
         print(f"| {name} | {row['base']:,} | {row['new']:,} | {row['saving']:.2%} |")
-    print("new tokens: " + ", ".join(repr(t.token) for t in sorted(ext.new_tokens, key=lambda t: -t.score)[:12]))
+    top = sorted(ext.new_tokens, key=lambda t: -t.score)[:12]
+    print("new tokens: " + ", ".join(repr(ext.tokenizer.decode([t.id])) for t in top))
 
     figures = {"tokens": tokens, "entries_added": ext.report["entries_added"]}
     if eval_docs:
@@ -91,9 +92,9 @@ def _compare_bpb(model_dir: Path, base, ext, texts: list[str]) -> dict[str, floa
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     bos = model.config.bos_token_id if model.config.bos_token_id is not None else 0
     start = time.perf_counter()
-    before = bits_per_byte(model, base, texts, bos_id=bos)
+    before = bits_per_byte(model, base, texts, bos_id=bos, max_tokens=256)
     extend_model(model, base, ext, init="mean")
-    after = bits_per_byte(model, ext.tokenizer, texts, bos_id=bos)
+    after = bits_per_byte(model, ext.tokenizer, texts, bos_id=bos, max_tokens=256)
     print(f"\n3. grow SmolLM2-135M to {model.config.vocab_size:,} rows (FVT mean init, padding masked) and "
           f"evaluate {len(texts)} held-out domain documents ({time.perf_counter() - start:.1f} s):")
     print("\n| model | tokens | bytes/token | bits per byte |\n|---|---:|---:|---:|")
