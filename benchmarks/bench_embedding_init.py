@@ -2,7 +2,8 @@
 
 CPU (default): the op (embedding_bag twin; the Triton interpreter is far too slow to time) vs the loop at
 2,000 and 32,000 new tokens x H=576 (SmolLM2) and H=4096, then igot.extend_model on SmolLM2-135M for
-+2,000 tokens from igot.extend_tokenizer on the HPO corpus vs the usual resize + per-token FVT code.
++2,000 tokens from igot.extend_tokenizer on the HPO corpus vs the usual resize + per-token FVT code, and
+the held-out HPO bits per byte of each initialisation before any training (vs the base tokenizer).
 --gpu: the Triton kernel vs the embedding_bag twin vs the loop at 32,000 new tokens x H=4096, bf16 and
 fp32, input embedding and untied head together, timed with triton.testing.do_bench (medians).
 
@@ -11,6 +12,7 @@ fp32, input embedding and untied head together, timed with triton.testing.do_ben
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -82,20 +84,24 @@ def naive_fvt_model(model, base, new) -> None:
     naive_fvt_loop(weights, pieces, n_base)
 
 
-def model_table(quick: bool) -> list[str]:
+def smollm2_extension():
+    """(base Tokenizer, ExtendedTokenizer +2,000 entries from igot on the HPO train split, model loader)."""
+    from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
 
     from igot.data import load_corpus, smollm2, tokenizer_path
-    from igot.model import extend_model
     from igot.vocab import extend_tokenizer
 
     base_path = tokenizer_path("smollm2")
     extended = extend_tokenizer(base_path, load_corpus("hpo"), budget=2_000, method="igot", progress=False)
+    return Tokenizer.from_file(str(base_path)), extended, lambda: AutoModelForCausalLM.from_pretrained(smollm2()).eval()
+
+
+def model_table(quick: bool, base, extended, fresh_model) -> list[str]:
+    from igot.model import extend_model
+
     n_added = len(extended.new_tokens)
     repeats = 1 if quick else 3
-
-    def fresh_model():
-        return AutoModelForCausalLM.from_pretrained(smollm2()).eval()
 
     def timed(fn) -> float:
         times = []
@@ -106,15 +112,53 @@ def model_table(quick: bool) -> list[str]:
             times.append(time.perf_counter() - start)
         return statistics.median(times)
 
-    from tokenizers import Tokenizer
-
-    base = Tokenizer.from_file(str(base_path))
     baseline_s = timed(lambda m: naive_fvt_model(m, base, extended.tokenizer))
     rows = [f"| SmolLM2-135M +{n_added:,} tokens (CPU) | wall time (s) | ratio FVT loop / this |", "|---|---:|---:|",
             f"| resize + per-token FVT loop (baseline) | {baseline_s:.3f} | 1.0x |"]
     for init in ("mean", "weighted", "hf"):
         seconds = timed(lambda m: extend_model(m, base, extended, init=init))
         rows.append(f"| igot extend_model init={init} | {seconds:.3f} | {baseline_s / seconds:.1f}x |")
+        print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+def heldout_bits(model, tokenizer, docs: list[str], batch_size: int = 32) -> tuple[float, int]:
+    """(total NLL in bits, tokens) of each held-out doc after an <|endoftext|> (id 0) context token."""
+    total_nats, n_tokens = 0.0, 0
+    with torch.no_grad():
+        for first in range(0, len(docs), batch_size):
+            encoded = [[0] + tokenizer.encode(doc, add_special_tokens=False).ids for doc in docs[first:first + batch_size]]
+            width = max(map(len, encoded))
+            ids = torch.tensor([e + [0] * (width - len(e)) for e in encoded])  # [B, T]
+            real = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded])  # [B, T]
+            logprobs = torch.log_softmax(model(ids, attention_mask=real).logits[:, :-1].float(), dim=-1)
+            target_logprobs = logprobs.gather(-1, ids[:, 1:, None])[..., 0]  # [B, T-1]
+            total_nats -= float((target_logprobs * real[:, 1:]).sum())
+            n_tokens += int(real[:, 1:].sum())
+    return total_nats / math.log(2), n_tokens
+
+
+def quality_table(quick: bool, base, extended, fresh_model) -> list[str]:
+    """Held-out HPO bits per byte right after growing, before any training: how much each init keeps."""
+    from igot.data import load_corpus
+    from igot.model import extend_model
+
+    docs = load_corpus("hpo", split="heldout")[: 48 if quick else 160]  # 135M forwards on a CPU: ~15 s per 32 docs
+    n_bytes = sum(len(doc.encode("utf-8")) for doc in docs)
+    base_bits, base_tokens = heldout_bits(fresh_model(), base, docs)
+    rows = [f"| SmolLM2-135M, {len(docs)} held-out HPO docs, no training | tokens | token saving | BPB | "
+            "ratio base BPB / this |", "|---|---:|---:|---:|---:|",
+            f"| base tokenizer (baseline) | {base_tokens:,} | - | {base_bits / n_bytes:.4f} | 1.00 |"]
+    variants = {f"+{len(extended.new_tokens):,} init={init}": (lambda m, init=init: extend_model(m, base, extended, init=init))
+                for init in ("mean", "weighted", "hf")}
+    variants["+2,000 random rows (resize_token_embeddings, mean_resizing=False)"] = (
+        lambda m: m.resize_token_embeddings(extended.tokenizer.get_vocab_size(), mean_resizing=False))
+    for name, grow in variants.items():
+        model = fresh_model()
+        grow(model)
+        bits, tokens = heldout_bits(model, extended.tokenizer, docs)
+        rows.append(f"| {name} | {tokens:,} | {1 - tokens / base_tokens:.1%} | {bits / n_bytes:.4f} | "
+                    f"{base_bits / bits:.2f} |")
         print(rows[-1], file=sys.stderr, flush=True)
     return rows
 
@@ -176,7 +220,10 @@ def main() -> None:
     else:
         os.environ["IGOT_KERNELS"] = "torch"  # the Triton interpreter is far too slow to time on a CPU
         torch.set_num_threads(args.threads)
-        tables = [cpu_table(args.quick)] + ([] if args.no_model else [model_table(args.quick)])
+        tables = [cpu_table(args.quick)]
+        if not args.no_model:
+            smollm2 = smollm2_extension()
+            tables += [model_table(args.quick, *smollm2), quality_table(args.quick, *smollm2)]
         where = f"CPU, {torch.get_num_threads()} threads"
     print(f"`{command.strip()}` ({where}, torch {torch.__version__})\n")
     for table in tables:
