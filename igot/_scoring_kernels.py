@@ -374,6 +374,21 @@ def _string_key(h, length):
 # Max-heap of (score, a, b, id) with lazy invalidation; ties go to the smaller (a, b)
 # ---------------------------------------------------------------------------------------------------
 @njit(cache=True)
+def _token_string_map(tok_hash, tok_strlen, n_base, n_tokens):
+    """Powers of the string-hash base and a map string key -> id of every base token (for "already a
+    token" checks); sized for n_tokens so new tokens can be inserted as they are made."""
+    pow_table = np.empty(257, np.uint64)
+    pow_table[0] = np.uint64(1)
+    for i in range(1, pow_table.size):
+        pow_table[i] = pow_table[i - 1] * _HASH_BASE
+    s_keys = np.full(_pow2_at_least(2 * n_tokens), -1, np.int64)
+    s_vals = np.empty(s_keys.size, np.int64)
+    for t in range(n_base):
+        _map_insert(s_keys, s_vals, _string_key(tok_hash[t], tok_strlen[t]), t)
+    return pow_table, s_keys, s_vals
+
+
+@njit(cache=True)
 def _heap_before(hs, ha, hb, i, j):
     if hs[i] != hs[j]:
         return hs[i] > hs[j]
@@ -475,14 +490,7 @@ def select_pairs(
     tok_len = np.ones(n_tokens, np.int64)  # length in base tokens
     th[:n_base] = tok_hash
     tl[:n_base] = tok_strlen
-    pow_table = np.empty(257, np.uint64)
-    pow_table[0] = np.uint64(1)
-    for i in range(1, pow_table.size):
-        pow_table[i] = pow_table[i - 1] * _HASH_BASE
-    s_keys = np.full(_pow2_at_least(2 * n_tokens), -1, np.int64)
-    s_vals = np.empty(s_keys.size, np.int64)
-    for t in range(n_base):
-        _map_insert(s_keys, s_vals, _string_key(th[t], tl[t]), t)
+    pow_table, s_keys, s_vals = _token_string_map(tok_hash, tok_strlen, n_base, n_tokens)
 
     merges = np.empty((budget, 2), np.int64)
     scores = np.empty(budget, np.float64)
@@ -724,15 +732,7 @@ def select_terms(
         if alive[o]:
             c_count[cand[o]] += d_weight[w]
 
-    # strings of all tokens: map from string key to token id
-    pow_table = np.empty(257, np.uint64)
-    pow_table[0] = np.uint64(1)
-    for i in range(1, pow_table.size):
-        pow_table[i] = pow_table[i - 1] * _HASH_BASE
-    s_keys = np.full(_pow2_at_least(2 * n_tokens), -1, np.int64)
-    s_vals = np.empty(s_keys.size, np.int64)
-    for t in range(n_base):
-        _map_insert(s_keys, s_vals, _string_key(tok_hash[t], tok_strlen[t]), t)
+    pow_table, s_keys, s_vals = _token_string_map(tok_hash, tok_strlen, n_base, n_tokens)
 
     held = _new_pair_state(h_off, h_ids, h_raw.astype(np.float64), h_raw, n_tokens, key_base)
     merges = np.empty((budget, 2), np.int64)
