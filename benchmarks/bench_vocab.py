@@ -47,7 +47,7 @@ def throughput(base: Tokenizer, new: Tokenizer, texts: list[str], repeats: int) 
 
 
 def evaluate(domain: str, general_names: tuple[str, ...], domain_names: tuple[str, ...], budgets: list[int],
-             repeats: int, quick: bool) -> list[dict]:
+             repeats: int, quick: bool, rows: list[dict], on_row) -> None:
     base_path = data.tokenizer_path("smollm2")
     base = Tokenizer.from_file(str(base_path))
     take = (lambda docs: docs[: max(1, len(docs) // 4)]) if quick else (lambda docs: docs)
@@ -59,7 +59,6 @@ def evaluate(domain: str, general_names: tuple[str, ...], domain_names: tuple[st
     base_counts = {"domain": token_count(base, held_domain), "general": token_count(base, held_general)}
     print(f"[{domain}] train {len(train):,} docs, general {len(general):,} docs; held-out base tokens: "
           f"domain {base_counts['domain']:,}, general {base_counts['general']:,}", file=sys.stderr)
-    rows = []
     for method in METHODS:
         largest = max(budgets)
         start = time.perf_counter()
@@ -95,7 +94,7 @@ def evaluate(domain: str, general_names: tuple[str, ...], domain_names: tuple[st
             r = rows[-1]
             print(f"[{domain}] {method:>12} B={budget:>5}: +{r['entries']} entries, domain {r['domain_saving']:.2%}, "
                   f"general {r['general_saving']:.2%}, speed x{r['speed_ratio']:.3f}", file=sys.stderr)
-    return rows
+            on_row()
 
 
 def main_table(rows: list[dict]) -> str:
@@ -117,6 +116,8 @@ def versus_table(rows: list[dict]) -> str:
              "|---|---:|---:|---|---:|---:|---:|---:|"]
     for key in sorted({(r["domain"], r["budget"]) for r in rows}):
         group = {r["method"]: r for r in rows if (r["domain"], r["budget"]) == key}
+        if "igot" not in group or not any(m in group for m in BASELINES):
+            continue
         igot = group["igot"]
         best = min((group[m] for m in BASELINES if m in group), key=lambda r: r["domain_tokens"])
         lines.append(f"| {key[0]} | {key[1]:,} | {igot['domain_saving']:.2%} | {best['method']} | "
@@ -134,17 +135,24 @@ def main() -> int:
     budgets = [500, 2000] if args.quick else [500, 2000, 8000]
     command = "python benchmarks/bench_vocab.py" + (" --quick" if args.quick else "")
     start = time.perf_counter()
-    rows = evaluate("biomedical (HPO+GO vs sotu+moby_dick)", ("sotu", "moby_dick"), ("hpo", "go"), budgets,
-                    args.repeats, args.quick)
-    rows += evaluate("code (pystdlib vs pydoc)", ("pydoc",), ("pystdlib",), [2000], args.repeats, args.quick)
-    text = (f"`{command}` ({time.perf_counter() - start:.0f} s)\n\n" + main_table(rows) + "\n\n"
-            + versus_table(rows) + "\n")
-    print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    rows: list[dict] = []
+
+    def write(final: bool) -> None:  # after every row, so a killed run still leaves its measured rows
+        status = f"{time.perf_counter() - start:.0f} s" + ("" if final else ", partial")
+        text = f"`{command}` ({status})\n\n" + main_table(rows) + "\n\n" + versus_table(rows) + "\n"
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+        if final:
+            print(text)
+
+    evaluate("biomedical (HPO+GO vs sotu+moby_dick)", ("sotu", "moby_dick"), ("hpo", "go"), budgets,
+             args.repeats, args.quick, rows, lambda: write(False))
+    evaluate("code (pystdlib vs pydoc)", ("pydoc",), ("pystdlib",), [2000], args.repeats, args.quick, rows,
+             lambda: write(False))
+    write(True)
     return 0
 
 
