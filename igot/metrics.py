@@ -19,7 +19,7 @@ def bits_per_byte(
     *,
     bos_id: int,
     max_tokens: int = 1024,
-    batch_tokens: int = 8192,
+    batch_tokens: int = 2048,
 ) -> dict[str, float]:
     """Measure a causal LM's bits per byte on documents.
 
@@ -59,29 +59,24 @@ def bits_per_byte(
         raise ValueError("no document has a token to evaluate; pass non-empty texts")
 
     total_nll, total_tokens = 0.0, 0
-    batch: list[list[int]] = []
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for i, (ids, _) in enumerate(docs):
-            batch.append([bos_id] + ids)
-            if sum(map(len, batch)) >= batch_tokens or i == len(docs) - 1:
-                width = max(map(len, batch))
-                inputs = torch.full((len(batch), width), bos_id, dtype=torch.long)  # [B, T], right-padded
-                targets = torch.full((len(batch), width), -100, dtype=torch.long)  # [B, T]
-                attention = torch.zeros((len(batch), width), dtype=torch.long)  # [B, T]
-                for row, seq in enumerate(batch):
-                    inputs[row, : len(seq)] = torch.tensor(seq)
-                    targets[row, : len(seq) - 1] = torch.tensor(seq[1:])
-                    attention[row, : len(seq)] = 1
-                hidden = model.model(input_ids=inputs.to(device), attention_mask=attention.to(device)).last_hidden_state
-                nll = fused_linear_cross_entropy(
-                    hidden.reshape(-1, hidden.shape[-1]), head.weight, targets.to(device).reshape(-1),
-                    reduction="sum", vocab_mask=vocab_mask,
-                )
-                total_nll += float(nll)
-                total_tokens += int((targets != -100).sum())
-                batch = []
+        for batch in _length_sorted_batches([[bos_id] + ids for ids, _ in docs], batch_tokens):
+            width = len(batch[-1])  # the longest: batches are sorted by length, so padding stays small
+            inputs = torch.full((len(batch), width), bos_id, dtype=torch.long)  # [B, T], right-padded
+            targets = torch.full((len(batch), width), -100, dtype=torch.long)  # [B, T]
+            attention = torch.zeros((len(batch), width), dtype=torch.long)  # [B, T]
+            for row, seq in enumerate(batch):
+                inputs[row, : len(seq)] = torch.tensor(seq)
+                targets[row, : len(seq) - 1] = torch.tensor(seq[1:])
+                attention[row, : len(seq)] = 1
+            hidden = model.model(input_ids=inputs.to(device), attention_mask=attention.to(device)).last_hidden_state
+            valid = (targets != -100).to(device)  # [B, T]; only these rows reach the head
+            total_nll += float(fused_linear_cross_entropy(
+                hidden[valid], head.weight, targets.to(device)[valid], reduction="sum", vocab_mask=vocab_mask,
+            ))
+            total_tokens += int(valid.sum())
     model.train(was_training)
     total_bytes = sum(n for _, n in docs)
     return {
@@ -91,3 +86,14 @@ def bits_per_byte(
         "bytes": float(total_bytes),
         "bytes_per_token": total_bytes / total_tokens,
     }
+
+
+def _length_sorted_batches(seqs: list[list[int]], batch_tokens: int) -> list[list[list[int]]]:
+    """Group sequences, shortest first, so that each padded batch holds at most about batch_tokens ids."""
+    batches: list[list[list[int]]] = []
+    for seq in sorted(seqs, key=len):
+        if batches and (len(batches[-1]) + 1) * len(seq) <= max(batch_tokens, len(seq)):
+            batches[-1].append(seq)
+        else:
+            batches.append([seq])
+    return batches

@@ -40,7 +40,7 @@ def _naive_bpb(model, tokenizer, texts, bos_id, max_tokens):
     return nll / math.log(2) / n_bytes, n_bytes
 
 
-@pytest.mark.parametrize("max_tokens,batch_tokens", [(1024, 8192), (5, 7)])
+@pytest.mark.parametrize("max_tokens,batch_tokens", [(1024, 2048), (5, 7), (1024, 1)])
 def test_bits_per_byte_matches_naive_reference(tiny_model_and_tokenizer, max_tokens, batch_tokens):
     model, tokenizer = tiny_model_and_tokenizer
     got = bits_per_byte(model, tokenizer, TEXTS, bos_id=0, max_tokens=max_tokens, batch_tokens=batch_tokens)
