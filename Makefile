@@ -17,7 +17,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q "pybind11>=2.12" setuptools wheel
+	$(BIN)/pip install -q "pybind11>=2.12" "setuptools>=77" wheel
 	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
 	touch $@
 
