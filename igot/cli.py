@@ -183,7 +183,6 @@ def _add_extend_model(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_extend_model(args: argparse.Namespace) -> int:
-    import os
     import shutil
     import tempfile
     import time
@@ -191,6 +190,7 @@ def _cmd_extend_model(args: argparse.Namespace) -> int:
 
     from transformers import AutoModelForCausalLM
 
+    from ._files import replace_folder
     from .model import extend_model
 
     out, new = Path(args.out).resolve(), Path(args.new)
@@ -208,9 +208,7 @@ def _cmd_extend_model(args: argparse.Namespace) -> int:
         for file in (new.iterdir() if new.is_dir() else [new]):  # the tokenizer files, beside the model's
             if file.is_file() and not (staging / file.name).exists():
                 shutil.copy2(file, staging / file.name)
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
+        replace_folder(staging, out)  # an existing out is empty (checked above)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

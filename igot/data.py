@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._files import replace_folder
+
 CORPORA = ("hpo", "go", "sotu", "moby_dick", "pystdlib", "pydoc")
 TOKENIZERS = ("smollm2", "gpt2", "mistral")
 SPLITS = ("train", "heldout", "all")
@@ -647,17 +649,6 @@ def _problem(item: _Item, folder: Path, verify: bool = False) -> str | None:
     return None
 
 
-def _install(tmp: Path, target: Path) -> None:
-    """Move the finished folder tmp to target atomically, replacing (then removing) an old target."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-
-
 def _fetch_item(item: _Item, dl: _Downloads, verify: bool) -> bool:
     """Build item into its cache folder unless it is already complete. Returns True when it built it."""
     target = cache_dir() / item.folder
@@ -677,7 +668,7 @@ def _fetch_item(item: _Item, dl: _Downloads, verify: bool) -> bool:
         manifest = {"item": item.name, "recipe": item.recipe, **info, "files": files,
                     "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         _write_json(tmp / MANIFEST, manifest)
-        _install(tmp, target)
+        replace_folder(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return True

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 
+from ._files import replace_folder
 from ._vocab_models import (NewToken, WriteResult, id_to_token, largest_id, model_type, side_file_names,
                             tokenizer_config_default, tokens_json, unmergeable_ids, write_entries)
 
@@ -81,7 +82,7 @@ class ExtendedTokenizer:
             self.tokenizer.save(str(staging / "tokenizer.json"))
             _write_side_files(staging, self.side_files, json.loads(self.tokenizer.to_str()), self.report)
             _prove_loadable(staging, self.tokenizer, self.new_tokens, check_transformers)
-            _replace_folder(staging, target)
+            replace_folder(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -459,20 +460,3 @@ def _transformers_ids(folder: Path, probe: str) -> list[int] | None:
 
 def _probe_text(tokenizer: Tokenizer, token: NewToken) -> str:
     return tokenizer.decode([token.id], skip_special_tokens=False) + " "
-
-
-def _replace_folder(staging: Path, target: Path) -> None:
-    """Rename staging to target; an existing target is moved aside first and removed afterwards."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / target.name)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old / target.name, target)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
