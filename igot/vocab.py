@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import numpy as np
 
 from ._files import replace_folder
-from ._vocab_models import (NewToken, WriteResult, id_to_token, largest_id, model_type, side_file_names,
-                            tokenizer_config_default, tokens_json, unmergeable_ids, write_entries)
+from ._vocab_models import (WORDPIECE_POOL, NewToken, WriteResult, id_to_token, largest_id, model_type,
+                            side_file_names, tokenizer_config_default, tokens_json, unmergeable_ids,
+                            write_entries)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -169,7 +170,8 @@ def extend_tokenizer(
     else:
         from .scoring import select_tokens
 
-        selection = select_tokens(words["domain"], budget, n_base=n_base, method=method,
+        pool = budget * WORDPIECE_POOL if kind == "WordPiece" else budget  # most WordPiece entries fail the proof
+        selection = select_tokens(words["domain"], pool, n_base=n_base, method=method,
                                   general=words.get("general"), heldout=words.get("heldout"), tau=tau,
                                   base_tokens=_base_token_bytes(tok_json, n_base), **options)
         timings["select"] = time.perf_counter() - clock

@@ -19,9 +19,11 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from igot import data
+from igot._vocab_models import WORDPIECE_POOL
 from igot.vocab import ExtendedTokenizer, apply_selection, extend_tokenizer
 
-KINDS = ("smollm2", "gpt2", "mistral", "unigram", "wordpiece")
+KINDS = ("smollm2", "gpt2", "mistral", "bert", "unigram", "wordpiece")
+WORDPIECE_KINDS = ("bert", "wordpiece")
 BUDGET = 300  # entries per extended test tokenizer
 N_DOMAIN_DOCS = 2000  # HPO train documents the test merges are learnt from
 
@@ -98,20 +100,6 @@ class HandSelection:
         self.scores = np.arange(len(merges), 0, -1, dtype=np.float64)
 
 
-def suffix_close_wordpiece(tokenizer: Tokenizer) -> Tokenizer:
-    """Add every missing continuation suffix to a WordPiece vocabulary (the form igot supports)."""
-    tok_json = json.loads(tokenizer.to_str())
-    vocab = tok_json["model"]["vocab"]
-    special = {t["content"] for t in tok_json["added_tokens"]}
-    for piece in list(vocab):
-        bare = piece[2:] if piece.startswith("##") and len(piece) > 2 else piece
-        if piece in special:
-            continue
-        for k in range(1, len(bare)):
-            vocab.setdefault("##" + bare[k:], len(vocab))
-    return Tokenizer.from_str(json.dumps(tok_json))
-
-
 def training_text() -> list[str]:
     return data.load_corpus("hpo")[:1000] + data.load_corpus("sotu")[:2]
 
@@ -140,7 +128,7 @@ def base_tokenizer(kind: str) -> Tokenizer:
     if kind == "unigram":
         return train_unigram()
     if kind == "wordpiece":
-        return suffix_close_wordpiece(train_wordpiece())
+        return train_wordpiece()
     return Tokenizer.from_file(str(data.tokenizer_path(kind)))
 
 
@@ -155,7 +143,10 @@ def extended(domain_docs) -> dict[str, ExtendedTokenizer]:
     for kind in KINDS:
         base = base_tokenizer(kind)
         source = data.tokenizer_path(kind).parent if kind in data.TOKENIZERS else base  # HF folder: side files
-        out[kind] = apply_selection(source, HandSelection(greedy_pair_merges(base, domain_docs, BUDGET)))
+        # WordPiece writes only the entries proved safe: offer it more candidates, as extend_tokenizer does
+        offered = BUDGET * (WORDPIECE_POOL if kind in WORDPIECE_KINDS else 1)
+        out[kind] = apply_selection(source, HandSelection(greedy_pair_merges(base, domain_docs, offered)),
+                                    budget=BUDGET)
     return out
 
 
@@ -321,9 +312,13 @@ def test_unsupported_model_type_is_refused():
         apply_selection(tok, HandSelection(np.array([[0, 1]])))
 
 
-def test_wordpiece_that_is_not_suffix_closed_is_refused():
-    with pytest.raises(ValueError, match="not suffix-closed"):
-        apply_selection(train_wordpiece(), HandSelection(np.array([[5, 6]])))
+def test_wordpiece_writes_only_entries_proved_safe(extended):
+    ext = extended["bert"]
+    assert ext.report["skipped"]["unproved_or_past_budget"] > 0  # BERT's vocabulary is not closed under suffixes
+    bert = Tokenizer.from_file(str(data.tokenizer_path("bert")))
+    activates = [bert.token_to_id("activate"), bert.token_to_id("##s")]
+    written = apply_selection(bert, HandSelection(np.array([activates])))
+    assert written.new_tokens == [] and written.report["skipped"] == {"unproved_or_past_budget": 1}
 
 
 def _tiny_bpe(**model_options) -> Tokenizer:
