@@ -8,7 +8,11 @@ are written for each smaller budget B (the greedy selections are budget-independ
 below for the smallest budget). Reported on the held-out splits: domain and general token saving
 (1 - new / base tokens), vocabulary growth, and encode throughput (bytes/s of encode_batch on the held-out
 text, median of repeats, base and extended interleaved; ratio = extended / base, G4 asks >= 0.90).
-Then the code domain (CPython stdlib, general = Python docs) at one budget.
+Then the code domain (CPython stdlib, general = Python docs) at one budget, and every real tokenizer type
+(byte-level BPE: SmolLM2, GPT-2; SentencePiece BPE: Mistral; WordPiece: BERT-base-uncased) extended by igot
+at one budget with verify=True, i.e. G2/G3 checked on every train, held-out and general document.
+
+    .venv/bin/python benchmarks/bench_vocab.py --only model-types   # just that last table
 """
 from __future__ import annotations
 
@@ -33,7 +37,10 @@ def token_count(tok: Tokenizer, texts: list[str]) -> int:
 
 def throughput(base: Tokenizer, new: Tokenizer, texts: list[str], repeats: int) -> tuple[float, float]:
     """Median encode_batch bytes/s of base and new, measured interleaved (the machine is shared)."""
-    base.encode_batch(texts, add_special_tokens=False)  # warm both BPE word caches
+    # Fresh copies: a tokenizer's word cache keeps the first words it saw (extend_tokenizer's verification
+    # fills the new one with train words), which alone moved the ratio by 40%. Then warm both alike.
+    base, new = Tokenizer.from_str(base.to_str()), Tokenizer.from_str(new.to_str())
+    base.encode_batch(texts, add_special_tokens=False)
     new.encode_batch(texts, add_special_tokens=False)
     n_bytes = sum(len(t.encode()) for t in texts)
     times: dict[str, list[float]] = {"base": [], "new": []}
@@ -97,33 +104,76 @@ def evaluate(domain: str, general_names: tuple[str, ...], domain_names: tuple[st
             on_row()
 
 
+def model_types(budget: int, repeats: int, quick: bool, rows: list[dict], on_row) -> None:
+    """igot on every real tokenizer type, HPO+GO vs SOTU+Moby-Dick, with extend_tokenizer's own G2/G3 check."""
+    take = (lambda docs: docs[: max(1, len(docs) // 4)]) if quick else (lambda docs: docs)
+    train = [d for n in ("hpo", "go") for d in take(data.load_corpus(n, "train"))]
+    general = [d for n in ("sotu", "moby_dick") for d in take(data.load_corpus(n, "train"))]
+    held_domain = [d for n in ("hpo", "go") for d in take(data.load_corpus(n, "heldout"))]
+    held_general = [d for n in ("sotu", "moby_dick") for d in take(data.load_corpus(n, "heldout"))]
+    for name in data.TOKENIZERS:
+        base_path = data.tokenizer_path(name)
+        base = Tokenizer.from_file(str(base_path))
+        start = time.perf_counter()
+        ext = extend_tokenizer(base_path, train, general, budget=budget, heldout=held_domain, progress=False)
+        seconds = time.perf_counter() - start
+        base_bps, new_bps = throughput(base, ext.tokenizer, held_domain + held_general, repeats)
+        general_base, general_new = token_count(base, held_general), token_count(ext.tokenizer, held_general)
+        report = ext.report
+        rows.append({"tokenizer": name, "model_type": report["model_type"], "entries": report["entries_added"],
+                     "domain_saving": report["tokens"]["heldout"]["saving"],
+                     "general_saving": 1 - general_new / general_base, "speed_ratio": new_bps / base_bps,
+                     "base_mbps": base_bps / 1e6, "extend_s": seconds, "write_s": report["timings_s"]["write"],
+                     "verified": report["verified"], "dropped": report["dropped_by_verification"]})
+        r = rows[-1]
+        print(f"[model types] {name:>8} ({r['model_type']}): +{r['entries']} entries, held-out domain "
+              f"{r['domain_saving']:.2%}, general {r['general_saving']:.2%}, speed x{r['speed_ratio']:.3f}",
+              file=sys.stderr)
+        on_row()
+
+
+def markdown(header: list[str], align: str, rows: list[list[str]]) -> str:
+    """A markdown table from header names, one alignment letter per column ("l" or "r") and rows of cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def model_types_table(rows: list[dict]) -> str:
+    header = ["tokenizer", "model type", "entries", "held-out domain saving", "held-out general saving",
+              "throughput ratio (new/base)", "encode MB/s (base)", "G2/G3 verified on all corpora",
+              "extend s (of which writing)"]
+    return markdown(header, "llrrrrrlr", [
+        [r["tokenizer"], r["model_type"], f"{r['entries']:,}", f"{r['domain_saving']:.2%}",
+         f"{r['general_saving']:.2%}", f"{r['speed_ratio']:.3f}", f"{r['base_mbps']:.2f}",
+         "yes" if r["verified"] and not r["dropped"] else "NO", f"{r['extend_s']:.1f} ({r['write_s']:.1f})"]
+        for r in rows])
+
+
 def main_table(rows: list[dict]) -> str:
-    lines = ["| domain | method | budget | entries | held-out domain saving | held-out general saving | "
-             "vocab | encode MB/s (base) | throughput ratio (new/base) | extend s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['domain']} | {r['method']} | {r['budget']:,} | {r['entries']:,} | "
-                     f"{r['domain_saving']:.2%} | {r['general_saving']:.2%} | "
-                     f"{r['base_vocab']:,} → {r['vocab']:,} | {r['new_mbps']:.2f} ({r['base_mbps']:.2f}) | "
-                     f"{r['speed_ratio']:.3f} | {r['extend_s']:.1f} |")
-    return "\n".join(lines)
+    header = ["domain", "method", "budget", "entries", "held-out domain saving", "held-out general saving",
+              "vocab", "encode MB/s (base)", "throughput ratio (new/base)", "extend s"]
+    return markdown(header, "llrrrrrrrr", [
+        [r["domain"], r["method"], f"{r['budget']:,}", f"{r['entries']:,}", f"{r['domain_saving']:.2%}",
+         f"{r['general_saving']:.2%}", f"{r['base_vocab']:,} → {r['vocab']:,}",
+         f"{r['new_mbps']:.2f} ({r['base_mbps']:.2f})", f"{r['speed_ratio']:.3f}", f"{r['extend_s']:.1f}"]
+        for r in rows])
 
 
 def versus_table(rows: list[dict]) -> str:
     """igot against the best baseline per (domain, budget): ratio = baseline held-out tokens / igot's."""
-    lines = ["| domain | budget | igot domain saving | best baseline | its saving | ratio (baseline / igot "
-             "held-out domain tokens) | igot general saving | baseline general saving |",
-             "|---|---:|---:|---|---:|---:|---:|---:|"]
+    header = ["domain", "budget", "igot domain saving", "best baseline", "its saving",
+              "ratio (baseline / igot held-out domain tokens)", "igot general saving", "baseline general saving"]
+    cells = []
     for key in sorted({(r["domain"], r["budget"]) for r in rows}):
         group = {r["method"]: r for r in rows if (r["domain"], r["budget"]) == key}
         if "igot" not in group or not any(m in group for m in BASELINES):
             continue
         igot = group["igot"]
         best = min((group[m] for m in BASELINES if m in group), key=lambda r: r["domain_tokens"])
-        lines.append(f"| {key[0]} | {key[1]:,} | {igot['domain_saving']:.2%} | {best['method']} | "
-                     f"{best['domain_saving']:.2%} | {best['domain_tokens'] / igot['domain_tokens']:.4f} | "
-                     f"{igot['general_saving']:.2%} | {best['general_saving']:.2%} |")
-    return "\n".join(lines)
+        cells.append([key[0], f"{key[1]:,}", f"{igot['domain_saving']:.2%}", best["method"],
+                      f"{best['domain_saving']:.2%}", f"{best['domain_tokens'] / igot['domain_tokens']:.4f}",
+                      f"{igot['general_saving']:.2%}", f"{best['general_saving']:.2%}"])
+    return markdown(header, "lrrlrrrr", cells)
 
 
 def main() -> int:
@@ -131,27 +181,35 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a quarter of each corpus, budgets 500/2000")
     parser.add_argument("--repeats", type=int, default=7, help="throughput repeats (median)")
     parser.add_argument("--out", default="/tmp/igot_results/vocab.md", help="markdown results file")
+    parser.add_argument("--only", choices=("methods", "model-types"), default=None, help="run one part")
     args = parser.parse_args()
     budgets = [500, 2000] if args.quick else [500, 2000, 8000]
-    command = "python benchmarks/bench_vocab.py" + (" --quick" if args.quick else "")
+    command = "python benchmarks/bench_vocab.py" + (" --quick" if args.quick else "") + \
+        (f" --only {args.only}" if args.only else "")
     start = time.perf_counter()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    type_rows: list[dict] = []
 
     def write(final: bool) -> None:  # after every row, so a killed run still leaves its measured rows
         status = f"{time.perf_counter() - start:.0f} s" + ("" if final else ", partial")
-        text = f"`{command}` ({status})\n\n" + main_table(rows) + "\n\n" + versus_table(rows) + "\n"
+        parts = [main_table(rows), versus_table(rows)] if rows else []
+        parts += [model_types_table(type_rows)] if type_rows else []
+        text = f"`{command}` ({status})\n\n" + "\n\n".join(parts) + "\n"
         tmp = out.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(out)
         if final:
             print(text)
 
-    evaluate("biomedical (HPO+GO vs sotu+moby_dick)", ("sotu", "moby_dick"), ("hpo", "go"), budgets,
-             args.repeats, args.quick, rows, lambda: write(False))
-    evaluate("code (pystdlib vs pydoc)", ("pydoc",), ("pystdlib",), [2000], args.repeats, args.quick, rows,
-             lambda: write(False))
+    if args.only in (None, "methods"):
+        evaluate("biomedical (HPO+GO vs sotu+moby_dick)", ("sotu", "moby_dick"), ("hpo", "go"), budgets,
+                 args.repeats, args.quick, rows, lambda: write(False))
+        evaluate("code (pystdlib vs pydoc)", ("pydoc",), ("pystdlib",), [2000], args.repeats, args.quick, rows,
+                 lambda: write(False))
+    if args.only in (None, "model-types"):
+        model_types(2000, args.repeats, args.quick, type_rows, lambda: write(False))
     write(True)
     return 0
 
