@@ -114,7 +114,8 @@ def extend_tokenizer(
         domain: the domain corpus: a path / folder / glob or a list of them (igot.corpus.read_documents),
             a list of document strings, or an EncodedCorpus encoded with `base`.
         general: the general corpus (same forms), used by method="igot" for domain specificity.
-        budget: the most new vocabulary entries.
+        budget: the most new vocabulary entries (WordPiece: the selection offers WORDPIECE_POOL x budget
+            candidates and only a set proved safe for every text is written, which can be smaller).
         method: "igot", "frequency" or "bpe" (igot.scoring.select_tokens, written as merges), or
             "added_tokens" (HF add_tokens of the `budget` most frequent multi-token domain words; for
             comparison only: AddedTokens carry none of the G3/G4 promises).
