@@ -130,16 +130,16 @@ def safe_entries(base_initial: Iterable[str], base_continuation: Iterable[str],
         starts.append((_P_BEHIND, piece[k:]) if 0 < k < len(piece) else None)
     alive = [start is not None for start in starts]
     take = len(new) if limit is None else limit
-    first_round = True
+    whole_pool = True  # round one proves every candidate (cheap pruning); then only what would be written
     while True:
-        # Round one proves the whole pool (cheap pruning); then only the set that would be written.
-        chosen = [i for i, on in enumerate(alive) if on][: len(new) if first_round else take]
+        survivors = [i for i, on in enumerate(alive) if on]
+        chosen = survivors if whole_pool else survivors[:take]
         extended = _Pieces(base.set | {new[i][1] for i in chosen if not new[i][0]})
         value = _values({starts[i] for i in chosen}, base, extended)  # type: ignore[misc]
         unsafe = [i for i in chosen if value[starts[i]] < 0]  # type: ignore[index]
-        for i in unsafe:
-            alive[i] = False
-        if not unsafe and not first_round:
+        if not unsafe and len(chosen) <= take:
             picked = set(chosen)
             return [i in picked for i in range(len(new))]
-        first_round = False
+        for i in unsafe:
+            alive[i] = False
+        whole_pool = False
