@@ -174,7 +174,8 @@ def main_table(rows: list[dict]) -> str:
     return markdown(header, "llrrrrrrrr", [
         [r["domain"], r["method"], f"{r['budget']:,}", f"{r['entries']:,}", f"{r['domain_saving']:.2%}",
          f"{r['general_saving']:.2%}", f"{r['base_vocab']:,} → {r['vocab']:,}",
-         f"{r['new_mbps']:.2f} ({r['base_mbps']:.2f})", f"{r['speed_ratio']:.3f}", f"{r['extend_s']:.1f}"]
+         f"{r['new_mbps']:.2f} ({r['base_mbps']:.2f})", f"{r['speed_ratio']:.3f}",
+         "— (prefix)" if r["extend_s"] != r["extend_s"] else f"{r['extend_s']:.1f}"]
         for r in rows])
 
 
