@@ -319,8 +319,8 @@ def test_unknown_names_raise_value_error(tmp_cache):
         data.load_corpus("wiki")
     with pytest.raises(ValueError, match="train, heldout, all"):
         data.load_corpus("hpo", "test")
-    with pytest.raises(ValueError, match="smollm2, gpt2, mistral"):
-        data.tokenizer_path("bert")
+    with pytest.raises(ValueError, match="smollm2, gpt2, mistral, bert"):
+        data.tokenizer_path("t5")
     with pytest.raises(ValueError, match="unknown data item 'wiki'"):
         data.fetch(["wiki"])
 
