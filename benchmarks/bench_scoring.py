@@ -72,7 +72,7 @@ def tau_section(tok, train: list[str], general, heldout, n_base: int, top: int) 
              "τ = 1e-5 is 1 point per 1,000 entries)", "",
              "| entries | split saving % | held-out saving % | marginal (pts / 1k entries) |", "|---:|---:|---:|---:|"]
     full = sel.curve
-    for n in (100, 250, 500, 1000, 2000, 4000, 6000, top):
+    for n in sorted({100, 250, 500, 1000, 2000, 4000, 6000, top}):
         if n <= len(sel):
             cut = scoring.select_tokens(fit, n, n_base=n_base, general=general)
             marginal = (full[n - 1] - full[max(n - 51, 0)]) / min(50, n - 1) * 1000 * 100
