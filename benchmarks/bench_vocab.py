@@ -66,15 +66,25 @@ def throughput(base: Tokenizer, new: Tokenizer, texts: list[str], repeats: int) 
     return n_bytes / statistics.median(times["base"]), n_bytes / statistics.median(times["new"])
 
 
+def corpora(domain_names: tuple[str, ...], general_names: tuple[str, ...], quick: bool
+            ) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(domain train, general train, domain held-out, general held-out) documents; --quick keeps a quarter."""
+    def docs(names: tuple[str, ...], split: str) -> list[str]:
+        out = []
+        for name in names:
+            corpus = data.load_corpus(name, split)
+            out += corpus[: max(1, len(corpus) // 4)] if quick else corpus
+        return out
+
+    return (docs(domain_names, "train"), docs(general_names, "train"), docs(domain_names, "heldout"),
+            docs(general_names, "heldout"))
+
+
 def evaluate(domain: str, general_names: tuple[str, ...], domain_names: tuple[str, ...], budgets: list[int],
              repeats: int, quick: bool, rows: list[dict], on_row) -> None:
     base_path = data.tokenizer_path("smollm2")
     base = Tokenizer.from_file(str(base_path))
-    take = (lambda docs: docs[: max(1, len(docs) // 4)]) if quick else (lambda docs: docs)
-    train = [d for n in domain_names for d in take(data.load_corpus(n, "train"))]
-    general = [d for n in general_names for d in take(data.load_corpus(n, "train"))]
-    held_domain = [d for n in domain_names for d in take(data.load_corpus(n, "heldout"))]
-    held_general = [d for n in general_names for d in take(data.load_corpus(n, "heldout"))]
+    train, general, held_domain, held_general = corpora(domain_names, general_names, quick)
     speed_text = held_domain + held_general
     base_counts = {"domain": token_count(base, held_domain), "general": token_count(base, held_general)}
     print(f"[{domain}] train {len(train):,} docs, general {len(general):,} docs; held-out base tokens: "
@@ -119,11 +129,7 @@ def evaluate(domain: str, general_names: tuple[str, ...], domain_names: tuple[st
 
 def model_types(budget: int, repeats: int, quick: bool, rows: list[dict], on_row) -> None:
     """igot on every real tokenizer type, HPO+GO vs SOTU+Moby-Dick, with extend_tokenizer's own G2/G3 check."""
-    take = (lambda docs: docs[: max(1, len(docs) // 4)]) if quick else (lambda docs: docs)
-    train = [d for n in ("hpo", "go") for d in take(data.load_corpus(n, "train"))]
-    general = [d for n in ("sotu", "moby_dick") for d in take(data.load_corpus(n, "train"))]
-    held_domain = [d for n in ("hpo", "go") for d in take(data.load_corpus(n, "heldout"))]
-    held_general = [d for n in ("sotu", "moby_dick") for d in take(data.load_corpus(n, "heldout"))]
+    train, general, held_domain, held_general = corpora(("hpo", "go"), ("sotu", "moby_dick"), quick)
     control = Tokenizer.from_file(str(data.tokenizer_path("smollm2")))
     base_bps, copy_bps = throughput(control, control, held_domain + held_general, repeats)
     rows.append({"tokenizer": "smollm2, unchanged copy (noise floor)", "model_type": "BPE", "entries": 0,

@@ -268,7 +268,7 @@ def _write_wordpiece(tok_json, merges, scores, pieces, strings, n_base, budget, 
     _pin_added_tokens(tok_json, vocab)
     cleanup = bool((tok_json.get("decoder") or {}).get("cleanup"))
     result = WriteResult()
-    candidates: list[tuple[int, bool, str]] = []  # (entry, word-initial, piece without prefix)
+    candidates: list[tuple[int, bool, str, str]] = []  # (entry, word-initial, piece without prefix, token)
     seen: set[str] = set()
     for j in range(len(merges)):
         if _refused(j, pieces, forbidden, drop, result):
@@ -283,17 +283,16 @@ def _write_wordpiece(tok_json, merges, scores, pieces, strings, n_base, budget, 
             result.skip("existing_piece")
         else:
             seen.add(token)
-            candidates.append((j, initial, bare))
+            candidates.append((j, initial, bare, token))
     matched = [p for p, i in vocab.items() if i not in forbidden]  # pieces the greedy match can use
     chosen = safe_entries([p for p in matched if not _is_continuation(p, prefix)],
                           [_bare(p, prefix) for p in matched if _is_continuation(p, prefix)],
-                          [(initial, bare) for _, initial, bare in candidates], limit=budget)
+                          [(initial, bare) for _, initial, bare, _ in candidates], limit=budget)
     next_id = largest_id(tok_json) + 1
-    for (j, initial, bare), keep in zip(candidates, chosen):
+    for (j, _, _, token), keep in zip(candidates, chosen):
         if not keep:
             result.skip("unproved_or_past_budget")
             continue
-        token = bare if initial else prefix + bare
         vocab[token] = next_id
         result.new_tokens.append(NewToken(token, next_id, pieces[j], float(scores[j])))
         result.entry_of[next_id] = j
