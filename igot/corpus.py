@@ -253,6 +253,11 @@ class EncodedCorpus:
     Every document contributes at least one token (empty ones are skipped), so `doc_starts.sum() ==
     n_docs`, and every document start is also a word start. `n_bytes` counts the UTF-8 bytes of the
     encoded documents (the denominator of bits per byte).
+
+    `token_bytes` (optional, encode_corpus(token_bytes=True)) gives each token the UTF-8 bytes of the text
+    from the end of the previous token of its document (or the document start) to its own end, so the
+    bytes of any run of tokens are a sum over it, and a document's tokens sum to the bytes of its text up
+    to the end of its last token (trailing text no token covers, e.g. whitespace BERT drops, is not counted).
     """
 
     ids: np.ndarray  # [T] uint32 token ids
@@ -260,6 +265,7 @@ class EncodedCorpus:
     doc_starts: np.ndarray  # [T] bool, True at the first token of each document
     n_docs: int
     n_bytes: int
+    token_bytes: np.ndarray | None = None  # [T] uint32, see the class docstring
 
     def __post_init__(self) -> None:
         if self.ids.dtype != np.uint32:
@@ -270,6 +276,11 @@ class EncodedCorpus:
                 raise TypeError(f"{name} must be bool, got {flags.dtype}")
             if flags.shape != self.ids.shape:
                 raise ValueError(f"{name} has shape {flags.shape}, ids has {self.ids.shape}")
+        if self.token_bytes is not None:
+            if self.token_bytes.dtype != np.uint32:
+                raise TypeError(f"token_bytes must be uint32, got {self.token_bytes.dtype}")
+            if self.token_bytes.shape != self.ids.shape:
+                raise ValueError(f"token_bytes has shape {self.token_bytes.shape}, ids has {self.ids.shape}")
         if self.ids.ndim != 1:
             raise ValueError(f"ids must be 1-D, got shape {self.ids.shape}")
 
@@ -291,10 +302,12 @@ class EncodedCorpus:
         parts = list(parts)
         if not parts:
             return _empty_corpus()
+        with_bytes = all(p.token_bytes is not None for p in parts)
         return cls(ids=np.concatenate([p.ids for p in parts]),
                    word_starts=np.concatenate([p.word_starts for p in parts]),
                    doc_starts=np.concatenate([p.doc_starts for p in parts]),
-                   n_docs=sum(p.n_docs for p in parts), n_bytes=sum(p.n_bytes for p in parts))
+                   n_docs=sum(p.n_docs for p in parts), n_bytes=sum(p.n_bytes for p in parts),
+                   token_bytes=np.concatenate([p.token_bytes for p in parts]) if with_bytes else None)
 
     def save(self, path: Source) -> Path:
         """Write the corpus as one shard (three .npy files) plus manifest.json into a folder.
@@ -355,7 +368,7 @@ class EncodedCorpus:
         manifest = _read_manifest(folder)
         for shard in manifest["shards"]:
             arrays = {name: np.load(folder / shard[name], mmap_mode="r", allow_pickle=False)
-                      for name in ("ids", "word_starts", "doc_starts")}
+                      for name in _ARRAY_DTYPES if name in shard}
             if any(a.shape != (shard["n_tokens"],) for a in arrays.values()):
                 raise ValueError(f"{folder}: shard {shard['ids']} does not hold the {shard['n_tokens']} "
                                  "tokens its manifest lists; re-encode the corpus")
@@ -411,10 +424,16 @@ def _npy_header(dtype: np.dtype, length: int) -> bytes:
     return prefix + body.ljust(_NPY_HEADER_BYTES - len(prefix) - 1) + b"\n"
 
 
+# The arrays of a shard file set; token_bytes is present only in corpora encoded with token_bytes=True.
+_ARRAY_DTYPES = {"ids": np.uint32, "word_starts": np.bool_, "doc_starts": np.bool_, "token_bytes": np.uint32}
+
+
+def _shard_files(shard: dict) -> list[str]:
+    return [shard[name] for name in _ARRAY_DTYPES if name in shard]
+
+
 class _ShardWriter:
     """Appends encoded batches to .npy shards in a folder; the manifest is written last, atomically."""
-
-    _ARRAYS = (("ids", np.uint32), ("word_starts", np.bool_), ("doc_starts", np.bool_))
 
     def __init__(self, folder: Path, shard_tokens: int) -> None:
         if shard_tokens < 1:
@@ -422,7 +441,7 @@ class _ShardWriter:
         self.folder, self.shard_tokens = folder, shard_tokens
         folder.mkdir(parents=True, exist_ok=True)
         # Drop an old manifest first: until the new one lands, the folder holds no valid corpus.
-        self.stale = {f for s in _old_shards(folder) for f in (s["ids"], s["word_starts"], s["doc_starts"])}
+        self.stale = {f for s in _old_shards(folder) for f in _shard_files(s)}
         (folder / _MANIFEST).unlink(missing_ok=True)
         self.shards: list[dict] = []
         self.files: dict[str, _NpyAppender] = {}
@@ -430,10 +449,11 @@ class _ShardWriter:
     def add(self, part: EncodedCorpus) -> None:
         if not self.files:
             index = len(self.shards)
-            self.shards.append({name: f"{name}-{index:05d}.npy" for name, _ in self._ARRAYS}
+            names = [name for name in _ARRAY_DTYPES if getattr(part, name) is not None]
+            self.shards.append({name: f"{name}-{index:05d}.npy" for name in names}
                                | {"n_tokens": 0, "n_docs": 0, "n_bytes": 0})
-            self.files = {name: _NpyAppender(self.folder / self.shards[-1][name], dtype)
-                          for name, dtype in self._ARRAYS}
+            self.files = {name: _NpyAppender(self.folder / self.shards[-1][name], _ARRAY_DTYPES[name])
+                          for name in names}
         for name, file in self.files.items():
             file.append(getattr(part, name))
         shard = self.shards[-1]
@@ -453,7 +473,7 @@ class _ShardWriter:
         totals = {key: sum(s[key] for s in self.shards) for key in ("n_tokens", "n_docs", "n_bytes")}
         manifest = {"format": _FORMAT, "version": _FORMAT_VERSION, **totals, "shards": self.shards}
         _write_atomic(self.folder / _MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
-        kept = {f for s in self.shards for f in (s["ids"], s["word_starts"], s["doc_starts"])}
+        kept = {f for s in self.shards for f in _shard_files(s)}
         for name in self.stale - kept:
             (self.folder / name).unlink(missing_ok=True)
         return self.folder
@@ -522,6 +542,7 @@ def encode_corpus(
     out_dir: Source | None = None,
     batch_size: int = 1024,
     shard_tokens: int = 1 << 30,
+    token_bytes: bool = False,
     progress: bool = True,
 ) -> EncodedCorpus:
     """Encode documents into one token stream with word and document starts, in memory or on disk.
@@ -544,6 +565,8 @@ def encode_corpus(
         shard_tokens: with out_dir, a new shard starts after a shard holds this many tokens (shards end
             between documents). The default, 2**30 tokens (6 GiB of arrays), keeps one shard for most
             corpora, which load() maps without copying.
+        token_bytes: also record the UTF-8 bytes each token covers (EncodedCorpus.token_bytes, from the
+            token offsets; 4 more bytes per token), so that the bytes of any run of tokens can be summed.
         progress: show a tqdm bar (documents, tokens/s); it also stays off when stderr is not a TTY.
 
     Returns:
@@ -575,7 +598,7 @@ def encode_corpus(
                 submitted = None if texts is None else (
                     texts, pool.submit(tok.encode_batch, texts, add_special_tokens=False))
                 if pending is not None:
-                    part = _encoded_batch(tok, pending[0], pending[1].result())
+                    part = _encoded_batch(tok, pending[0], pending[1].result(), token_bytes)
                     if sink is not None:
                         sink.add(part)
                     else:
@@ -628,7 +651,8 @@ def _batches(docs: Iterable[str], batch_size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def _encoded_batch(tok: Tokenizer, texts: list[str], encodings: list[Encoding]) -> EncodedCorpus:
+def _encoded_batch(tok: Tokenizer, texts: list[str], encodings: list[Encoding],
+                   with_token_bytes: bool = False) -> EncodedCorpus:
     id_lists = [e.ids for e in encodings]
     lengths = np.fromiter(map(len, id_lists), np.int64, len(id_lists))  # [B]
     n_tokens = int(lengths.sum())
@@ -649,7 +673,30 @@ def _encoded_batch(tok: Tokenizer, texts: list[str], encodings: list[Encoding]) 
                                       for text, e in zip(texts, encodings)] or [np.zeros(0, bool)])
     n_bytes = sum(len(t) if t.isascii() else len(t.encode("utf-8"))
                   for t, keep in zip(texts, has_tokens) if keep)
-    return EncodedCorpus(ids, word_starts, doc_starts, n_docs=int(has_tokens.sum()), n_bytes=n_bytes)
+    token_bytes = None
+    if with_token_bytes:
+        token_bytes = np.concatenate([_token_bytes(text, e.offsets) for text, e in zip(texts, encodings)]
+                                     or [np.zeros(0, np.uint32)])
+    return EncodedCorpus(ids, word_starts, doc_starts, n_docs=int(has_tokens.sum()), n_bytes=n_bytes,
+                         token_bytes=token_bytes)
+
+
+def _token_bytes(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:
+    """[T_doc] uint32: UTF-8 bytes from the previous token's end (or the document start) to each token's end.
+
+    Offsets are character positions; a running maximum keeps the counts non-negative where several
+    tokens share one character (byte-fallback pieces of one character) or a normalizer reorders them.
+    """
+    char_ends = np.fromiter((end for _, end in offsets), np.int64, len(offsets))  # [T_doc]
+    if text.isascii():
+        byte_ends = char_ends
+    else:
+        code_points = np.frombuffer(text.encode("utf-32-le"), np.uint32)  # [chars]
+        char_bytes = 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000)
+        byte_at = np.concatenate([[0], np.cumsum(char_bytes)])  # [chars + 1] byte offset of each char
+        byte_ends = byte_at[char_ends]
+    byte_ends = np.maximum.accumulate(byte_ends) if len(byte_ends) else byte_ends
+    return np.diff(byte_ends, prepend=0).astype(np.uint32)
 
 
 def _word_starts_from_offsets(tok: Tokenizer, text: str, offsets: list[tuple[int, int]]) -> np.ndarray:

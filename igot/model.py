@@ -105,6 +105,38 @@ def extend_model(
     return model
 
 
+# Config fields of models whose logits are not head(hidden): a fused loss that reads the head's weight
+# would compute a different loss for them (Gemma 2/3 soft-capping, Cohere logit_scale, Granite scaling).
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def causal_lm_parts(model: Any) -> tuple[Any, Any]:
+    """Split a Hugging Face causal LM into the body that makes hidden states and the linear output head.
+
+    Args:
+        model: a transformers causal LM (LlamaForCausalLM, GPT2LMHeadModel, ...).
+    Returns:
+        (body, head): body(input_ids=... or inputs_embeds=..., attention_mask=..., position_ids=...)
+        returns an output with .last_hidden_state; head is the output layer whose .weight [V, H] (and .bias)
+        give the logits hidden @ weight.T + bias.
+    Raises:
+        ValueError: the model has no separate body or linear head, or transforms its logits after the head
+            (soft-capping or scaling), which a loss over head.weight would not reproduce.
+    """
+    body = getattr(model, "base_model", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if body is None or body is model or head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
+        raise ValueError(f"{type(model).__name__} is not a causal LM with a body (model.base_model) and a linear "
+                         "output head (model.get_output_embeddings()); pass e.g. an AutoModelForCausalLM")
+    config = model.config.get_text_config()
+    for name in _LOGIT_TRANSFORMS:
+        value = getattr(config, name, None)
+        if value not in (None, 1, 1.0):
+            raise ValueError(f"{type(model).__name__} transforms its logits after the head ({name}={value}); "
+                             "igot's fused loss reads the head's weight directly and does not support it")
+    return body, head
+
+
 def _grow_vocab_matrices(model: Any, n_rows: int) -> None:
     """Append zero rows to the input embedding and the head (and its bias) in place, keeping old rows.
 

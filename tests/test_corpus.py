@@ -364,3 +364,24 @@ def test_cli_encode(byte_tok, tmp_path, capsys):
     want = reference(byte_tok, list(read_documents(tmp_path / "docs", doc_mode="blank_line")))
     assert_same(EncodedCorpus.load(out), want)
     assert f"{want.n_tokens:,} tokens" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2", "mistral", "bert"])
+def test_token_bytes_sum_to_the_bytes_of_each_document(name, tmp_path):
+    """Per-token bytes, summed per document, equal the UTF-8 bytes of the text up to the last token's end;
+    for byte-level BPE (every byte covered) that is the whole document. They survive save/load."""
+    from igot.data import tokenizer_path
+
+    tok = Tokenizer.from_file(str(tokenizer_path(name)))
+    docs = [d for d in TRAIN_TEXT if d.strip()]
+    corpus = encode_corpus(tok, docs, token_bytes=True, out_dir=tmp_path / "enc", progress=False)
+    starts = np.flatnonzero(corpus.doc_starts)
+    per_doc = np.add.reduceat(np.asarray(corpus.token_bytes, np.int64), starts)
+    for doc, got in zip(docs, per_doc):
+        end = tok.encode(doc, add_special_tokens=False).offsets[-1][1]
+        assert got == len(doc[:end].encode("utf-8"))
+        if name == "smollm2":
+            assert got == len(doc.encode("utf-8"))
+    assert EncodedCorpus.load(tmp_path / "enc").token_bytes.dtype == np.uint32
+    assert encode_corpus(tok, docs, progress=False).token_bytes is None
