@@ -31,7 +31,7 @@ _EXPORTS: dict[str, str] = {
     "fused_linear_cross_entropy": ".ops",
     "bits_per_byte": ".metrics",
 }
-_SUBMODULES = ("data", "corpus", "counting", "scoring", "vocab", "model", "ops", "metrics", "kernels", "cli")
+_SUBMODULES = ("data", "corpus", "counting", "scoring", "vocab", "model", "ops", "metrics", "kernels", "train", "cli")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
