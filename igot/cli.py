@@ -234,11 +234,58 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    from .scaling.laws import LAWS
+
+    p = sub.add_parser("plan", help="fit a scaling law L(N, D, D') to runs and split a compute budget with it")
+    actions = p.add_subparsers(dest="action", required=True)
+    f = actions.add_parser("fit", help="fit a law to runs: CSV (N, D, Dp, loss) or igot train run folders")
+    f.add_argument("runs", nargs="+", help="CSV files, igot train run folders or their metrics.jsonl")
+    f.add_argument("--law", choices=list(LAWS), default="chinchilla_split", help="the functional form")
+    f.add_argument("--out", required=True, help="the fit, as JSON (read by `igot plan split --fit`)")
+    f.add_argument("--general", type=_names, help="igot train runs: comma-separated general source names")
+    f.add_argument("--domain", type=_names, help="igot train runs: comma-separated domain source names")
+    f.add_argument("--heldout", help="igot train runs: the held-out set whose bits per byte is the loss")
+    f.add_argument("--n-params", choices=["total", "non_embedding"], default="total", help="which size is N")
+    f.add_argument("--points", choices=["final", "evals"], default="final", help="last eval line or every one")
+    f.add_argument("--bootstrap", type=int, default=100, help="bootstrap refits for the intervals (0 = none)")
+    f.add_argument("--seed", type=int, default=0, help="seeds the bootstrap")
+    s = actions.add_parser("split", help="the best N, D and D' for a compute budget under a fitted law")
+    s.add_argument("--fit", required=True, help="a fit written by `igot plan fit --out`")
+    s.add_argument("--compute", type=float, required=True, help="FLOPs, C = 6*N*(D + domains*D')")
+    s.add_argument("--domains", type=int, default=1, help="domains sharing one general base")
+    size = s.add_mutually_exclusive_group()
+    size.add_argument("--size", type=float, help="a fixed model size N (parameters)")
+    size.add_argument("--sizes", type=float, nargs="+", help="candidate model sizes; the best is chosen")
+    s.add_argument("--plot", help="write a PNG of iso-loss curves over (D, D') with the budget and the plan")
+    p.set_defaults(func=_cmd_plan)
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .scaling import LawFit, fit, plan
+
+    if args.action == "fit":
+        result = fit(args.runs, args.law, n_bootstrap=args.bootstrap, seed=args.seed, general=args.general,
+                     domain=args.domain, heldout=args.heldout, n_params=args.n_params, points=args.points)
+        print(result.summary())
+        print(f"\n{result.save(args.out)}")
+        return 0
+    result = plan(LawFit.load(args.fit), args.compute, n_domains=args.domains, N=args.size, sizes=args.sizes)
+    print(result.to_markdown())
+    if args.plot:
+        print(f"\n{result.plot(args.plot)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the `igot` argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="igot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_data, _add_encode, _add_extend, _add_count, _add_extend_model, _add_demo):
+    for add in (_add_data, _add_encode, _add_extend, _add_count, _add_extend_model, _add_demo, _add_plan):
         add(sub)
     return parser
 
