@@ -31,7 +31,8 @@ _EXPORTS: dict[str, str] = {
     "fused_linear_cross_entropy": ".ops",
     "bits_per_byte": ".metrics",
 }
-_SUBMODULES = ("data", "corpus", "counting", "scoring", "vocab", "model", "ops", "metrics", "kernels", "train", "cli")
+_SUBMODULES = ("data", "corpus", "counting", "scoring", "vocab", "model", "ops", "metrics", "kernels", "train",
+               "scaling", "cli")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

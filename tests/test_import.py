@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "transformers", "triton", "numba")
+HEAVY = ("torch", "transformers", "triton", "numba", "scipy", "matplotlib")
 
 
 def _modules_after(code: str) -> set[str]:
