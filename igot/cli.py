@@ -281,11 +281,30 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="continued pretraining from a TOML config (patch stages, mixtures, resume)",
+                       description="Runs the stages of a TOML config; the same under torchrun for DDP / FSDP2. "
+                       "See igot.train.config for every key.")
+    p.add_argument("--config", required=True, help="the run's TOML file")
+    p.add_argument("--resume", action="store_true", help="continue the run in train.out from its newest checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable), e.g. --set train.lr=1e-4 --set stage.0.tokens=1e6")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    train(TrainConfig.from_toml(args.config, overrides=args.set), resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the `igot` argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="igot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_data, _add_encode, _add_extend, _add_count, _add_extend_model, _add_demo, _add_plan):
+    for add in (_add_data, _add_encode, _add_extend, _add_count, _add_extend_model, _add_train, _add_demo, _add_plan):
         add(sub)
     return parser
 
