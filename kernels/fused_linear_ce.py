@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from igot.ops.fused_linear_ce import _function_backward, _function_forward
+
 # Measured on an H100 (bf16, V=131,072, N=8,192, H=4,096, fwd+bwd; benchmarks/bench_fused_linear_ce.py
 # --gpu --tune): BLOCK_V 1024..8192 × num_warps 4/8/16 all gave 51.3-53.6 ms with 1,024-row chunks and
 # 43.4-43.5 ms with 2,048-row chunks (the row kernel is memory-bound and small next to the matmuls).
@@ -33,7 +35,8 @@ _NUM_WARPS = 8
 #   N=32,768: 1,024 rows 195.0; 2,048 rows 174.3; 4,096 rows 165.7 (4.53); 8,192 rows 163.7 (5.53)
 _MIN_CHUNK_ROWS = 2048
 
-_addmm_out_dtype_works: bool | None = None  # probed once: torch.addmm(..., out_dtype=torch.float32)
+# probed once per device type: does torch.addmm(..., out_dtype=torch.float32) run on 16-bit operands?
+_addmm_out_dtype_works: dict[str, bool] = {}
 
 
 @triton.jit
@@ -124,9 +127,11 @@ def fused_linear_ce_forward(
     ignore_index: int,
     scale: torch.Tensor | None = None,
     need_grads: tuple[bool, bool, bool] = (False, False, False),
+    lse: torch.Tensor | None = None,
     chunk_rows: int | None = None,
-) -> tuple[torch.Tensor, ...]:
-    """Per-row loss and lse; with `scale`, also the gradients (hidden, weight, bias) scaled by it.
+) -> tuple[torch.Tensor | None, ...]:
+    """Per-row loss and lse; with `scale`, also the gradients (hidden, weight, bias) scaled by it; with
+    `lse` (the backward of reduction "none"), only the gradients, recomputing each chunk's logits.
 
     Args:
         hidden: [N, H] contiguous; weight: [V, H] contiguous, same dtype.
@@ -134,34 +139,12 @@ def fused_linear_ce_forward(
         targets: int64 [N, K]; ignore_index: target value that counts for nothing.
         scale: fp32 upstream gradient of each row's loss, 0-d (all rows) or [N]; None for no gradients.
         need_grads: which of (hidden, weight, bias) gradients to make when scale is given.
+        lse: fp32 [N] from an earlier call, or None to compute it (and the loss).
         chunk_rows: rows per chunk (None: max(H, _MIN_CHUNK_ROWS)).
     Returns:
-        (loss_rows fp32 [N], lse fp32 [N], grad_hidden, grad_weight, grad_bias); a gradient is None when
-        not asked for; grad_weight and grad_bias are fp32.
+        (loss_rows fp32 [N] or None when lse was given, lse fp32 [N], grad_hidden, grad_weight,
+        grad_bias); a gradient is None when not asked for; grad_weight and grad_bias are fp32.
     """
-    return _run_chunks(hidden, weight, offset, targets, ignore_index, None, scale, need_grads, chunk_rows)
-
-
-def fused_linear_ce_backward(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    offset: torch.Tensor | None,
-    targets: torch.Tensor,
-    ignore_index: int,
-    lse: torch.Tensor,
-    scale: torch.Tensor,
-    need_grads: tuple[bool, bool, bool],
-    chunk_rows: int | None = None,
-) -> tuple[torch.Tensor | None, ...]:
-    """Gradients (hidden, weight, bias) from the forward's lse, recomputing each chunk's logits.
-
-    Arguments as in fused_linear_ce_forward, plus lse: fp32 [N] from it. Returns (grad_hidden,
-    grad_weight fp32, grad_bias fp32), None where not asked for.
-    """
-    return _run_chunks(hidden, weight, offset, targets, ignore_index, lse, scale, need_grads, chunk_rows)[2:]
-
-
-def _run_chunks(hidden, weight, offset, targets, ignore_index, lse, scale, need_grads, chunk_rows):  # type: ignore[no-untyped-def]
     n_rows, n_vocab = hidden.shape[0], weight.shape[0]
     device = hidden.device
     recompute = lse is not None
@@ -219,76 +202,33 @@ def _accumulate_weight_grad(grad_weight: torch.Tensor, grad_logits: torch.Tensor
                             first: bool) -> None:
     """grad_weight (fp32 [V, H]) += grad_logitsᵀ·hidden_chunk (= on the first chunk: no zero-fill pass),
     summed in fp32 also for 16-bit inputs."""
-    global _addmm_out_dtype_works
     beta = 0.0 if first else 1.0  # beta=0: the uninitialised accumulator is not read
     if grad_logits.dtype == torch.float32:
         torch.addmm(grad_weight, grad_logits.T, hidden_chunk, beta=beta, out=grad_weight)
         return
-    if _addmm_out_dtype_works is not False:
+    device_type = grad_weight.device.type
+    if _addmm_out_dtype_works.get(device_type, True):
         try:  # cuBLAS: 16-bit operands, fp32 accumulator read and written in place
             torch.addmm(grad_weight, grad_logits.T, hidden_chunk, beta=beta, out_dtype=torch.float32, out=grad_weight)
-            _addmm_out_dtype_works = True
+            _addmm_out_dtype_works[device_type] = True
             return
         except (RuntimeError, TypeError, NotImplementedError):
-            _addmm_out_dtype_works = False
-    partial = (grad_logits.T @ hidden_chunk).float()  # the chunk's sum rounded once; chunks summed in fp32
-    grad_weight.copy_(partial) if first else grad_weight.add_(partial)
+            _addmm_out_dtype_works[device_type] = False
+    # No 16-bit x 16-bit -> fp32 addmm here (CPU, where CI runs the kernels interpreted): widen the
+    # operands instead (a [C, V] fp32 copy), so that no partial sum is ever rounded to 16 bits.
+    torch.addmm(grad_weight, grad_logits.T.float(), hidden_chunk.float(), beta=beta, out=grad_weight)
 
 
 class FusedLinearCEFunction(torch.autograd.Function):
-    """Autograd Function over the launchers; takes the prepared arguments of
+    """Autograd Function over the launcher; takes the prepared arguments of
     igot.ops.fused_linear_cross_entropy (hidden, weight, bias, targets [N, K] int64, offset, ignore_index,
-    reduction, grad_enabled) and returns (loss fp32, lse fp32 [N]). grad_enabled is the caller's
-    torch.is_grad_enabled(): inside forward grad mode is always off, and ctx.needs_input_grad stays True
-    under torch.no_grad, so without it an evaluation pass would pay for gradients."""
+    reduction, grad_enabled) and returns (loss fp32, lse fp32 [N]). Its forward and backward are the
+    torch twin's (igot.ops.fused_linear_ce) with this launcher in place of the twin's chunk loop."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, offset, ignore_index, reduction, grad_enabled):  # type: ignore[no-untyped-def]
-        need_grads = tuple(grad_enabled and need for need in ctx.needs_input_grad[:3])
-        n_valid = (targets != ignore_index).sum()
-        unit_scale = 1.0 / n_valid.clamp(min=1).float() if reduction == "mean" else torch.ones((), device=hidden.device)
-        grads_in_forward = reduction != "none" and any(need_grads)
-        loss_rows, lse, grad_hidden, grad_weight, grad_bias = fused_linear_ce_forward(
-            hidden, weight, offset, targets, ignore_index,
-            scale=unit_scale if grads_in_forward else None, need_grads=need_grads,
-        )
-        ctx.mark_non_differentiable(lse)
-        ctx.reduction, ctx.ignore_index, ctx.need_grads = reduction, ignore_index, need_grads
-        ctx.grads_in_forward = grads_in_forward
-        if grads_in_forward:
-            ctx.grads = [grad_hidden, grad_weight, grad_bias]
-        else:
-            ctx.save_for_backward(hidden, weight, targets, offset, lse)
-        ctx.weight_dtype, ctx.bias_dtype = weight.dtype, None if bias is None else bias.dtype
-        if reduction == "none":
-            return loss_rows, lse
-        return loss_rows.sum() * unit_scale, lse
+    def forward(ctx, *args):  # type: ignore[no-untyped-def]
+        return _function_forward(ctx, fused_linear_ce_forward, *args)
 
     @staticmethod
     def backward(ctx, grad_loss, grad_lse):  # type: ignore[no-untyped-def]
-        if ctx.grads_in_forward:
-            if ctx.grads is None:
-                raise RuntimeError("fused_linear_cross_entropy: backward ran twice; its gradients were "
-                                   "made in forward and are consumed by the first backward")
-            (grad_hidden, grad_weight, grad_bias), ctx.grads = ctx.grads, None
-            if grad_hidden is not None:  # in place: this buffer belongs to this call alone
-                grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
-        else:
-            hidden, weight, targets, offset, lse = ctx.saved_tensors
-            grad_hidden, grad_weight, grad_bias = fused_linear_ce_backward(
-                hidden, weight, offset, targets, ctx.ignore_index, lse, grad_loss, ctx.need_grads
-            )
-            grad_loss = None  # already folded in
-        return grad_hidden, _scale_cast(grad_weight, grad_loss, ctx.weight_dtype), \
-            _scale_cast(grad_bias, grad_loss, ctx.bias_dtype), None, None, None, None, None
-
-
-def _scale_cast(grad: torch.Tensor | None, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """An fp32 gradient times scale, cast to dtype, in one pass (no separate cast of the V×H buffer)."""
-    if grad is None:
-        return None
-    if scale is None:
-        return grad.to(dtype)
-    if dtype == grad.dtype:
-        return grad.mul_(scale)
-    return torch.mul(grad, scale, out=torch.empty(grad.shape, dtype=dtype, device=grad.device))
+        return _function_backward(ctx, fused_linear_ce_forward, grad_loss)

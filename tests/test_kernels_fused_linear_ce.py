@@ -73,14 +73,22 @@ def run_both(inputs, backend, monkeypatch, reduction="mean", ignore_index=-100, 
     return (loss, lse, grads), (ref_loss, ref_lse, ref_grads)
 
 
-def assert_matches(fast, ref, tol):
+def assert_matches(fast, ref, tol, dtype=torch.float32):
     (loss, lse, grads), (ref_loss, ref_lse, ref_grads) = fast, ref
-    assert loss.dtype == torch.float32 and lse.dtype == torch.float32
+    assert loss.dtype == dtype and lse.dtype == dtype
     torch.testing.assert_close(loss.double(), ref_loss, **tol)
     torch.testing.assert_close(lse.double(), ref_lse, **tol)
     for name, ref_grad in ref_grads.items():
-        assert grads[name].dtype == ref_grad.dtype or grads[name].dtype != torch.float64
         torch.testing.assert_close(grads[name].double(), ref_grad, **tol, msg=lambda m: f"grad {name}: {m}")
+
+
+def force_chunk_rows(monkeypatch, rows, backend):
+    """Make the twin (and for "triton" the kernel) walk N in chunks of `rows` rows."""
+    monkeypatch.setattr(twin_module, "_twin_chunk_rows", lambda n_rows, n_vocab: rows)
+    if backend == "triton":
+        import igot.kernels.fused_linear_ce as kernel_module
+
+        monkeypatch.setattr(kernel_module, "_default_chunk_rows", lambda n_hidden: rows)
 
 
 FP32 = dict(rtol=1e-4, atol=1e-5)  # fp32 sums over V with cancellation (softmax minus one-hot)
@@ -108,11 +116,7 @@ def test_matches_float64_reference(n, v, h, k, reduction, bias, mask, backend, d
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_many_chunks_match_one(backend, monkeypatch):
     """Chunk boundaries (with a short last chunk) change nothing."""
-    monkeypatch.setattr(twin_module, "_TWIN_CHUNK_ELEMENTS", 7 * 130)
-    if backend == "triton":
-        import igot.kernels.fused_linear_ce as kernel_module
-
-        monkeypatch.setattr(kernel_module, "_default_chunk_rows", lambda n_hidden: 7)
+    force_chunk_rows(monkeypatch, 7, backend)
     inputs = make_inputs(31, 130, 24, 4, mask=True, device=default_device(backend))
     for reduction in ("mean", "none"):
         fast, ref = run_both(inputs, backend, monkeypatch, reduction=reduction)
@@ -168,38 +172,128 @@ def test_no_grad_makes_no_gradients(monkeypatch):
     torch.testing.assert_close(loss.double(), ref_loss, **FP32)
 
 
-def test_second_backward_through_kernel_raises(monkeypatch):
-    monkeypatch.setenv("IGOT_KERNELS", "triton")
-    inputs = make_inputs(5, 40, 8, 1, bias=False, device=default_device("triton"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_second_backward_raises(backend, monkeypatch):
+    """Gradients made in forward ("mean"/"sum") serve one backward; a second one must not reuse them."""
+    monkeypatch.setenv("IGOT_KERNELS", backend)
+    inputs = make_inputs(5, 40, 8, 1, bias=False, device=default_device(backend))
     loss = fused_linear_cross_entropy(inputs["hidden"].requires_grad_(), inputs["weight"], inputs["targets"])
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         loss.backward()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reduction_none_backward_twice(backend, monkeypatch):
+    """reduction="none" recomputes in backward, so retain_graph works: two backwards give twice the grads."""
+    monkeypatch.setenv("IGOT_KERNELS", backend)
+    inputs = make_inputs(11, 50, 8, 2, device=default_device(backend))
+    hidden = inputs["hidden"].requires_grad_()
+    loss = fused_linear_cross_entropy(hidden, inputs["weight"], inputs["targets"], reduction="none").sum()
+    loss.backward(retain_graph=True)
+    once = hidden.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(hidden.grad, 2 * once)
+
+
 def test_twin_gradcheck_float64(monkeypatch):
+    """reduction "none" (recomputed in backward) passes gradcheck, which runs backward several times."""
     monkeypatch.setenv("IGOT_KERNELS", "torch")
-    monkeypatch.setattr(twin_module, "_TWIN_CHUNK_ELEMENTS", 2 * 11)  # several chunks
+    force_chunk_rows(monkeypatch, 2, "torch")  # several chunks
     inputs = make_inputs(6, 11, 5, 3, dtype=torch.float64, mask=True, ignore_share=0.3)
-    for reduction in ("mean", "none"):
-        torch.autograd.gradcheck(
-            lambda h, w, b: fused_linear_cross_entropy(h, w, inputs["targets"], bias=b, reduction=reduction,
-                                                        vocab_mask=inputs["vocab_mask"]),
-            tuple(inputs[n].clone().requires_grad_() for n in ("hidden", "weight", "bias")),
-        )
+    torch.autograd.gradcheck(
+        lambda h, w, b: fused_linear_cross_entropy(h, w, inputs["targets"], bias=b, reduction="none",
+                                                    vocab_mask=inputs["vocab_mask"]),
+        tuple(inputs[n].clone().requires_grad_() for n in ("hidden", "weight", "bias")),
+    )
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="16-bit kernels run only on a GPU")
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_twin_float64_gradients_made_in_forward(reduction, monkeypatch):
+    """The gradients made in forward (one backward only, so no gradcheck) equal float64 autograd through
+    the materialised logits to float64 rounding."""
+    force_chunk_rows(monkeypatch, 4, "torch")
+    inputs = make_inputs(19, 37, 8, 3, dtype=torch.float64, mask=True, ignore_share=0.3)
+    fast, ref = run_both(inputs, "torch", monkeypatch, reduction=reduction)
+    assert_matches(fast, ref, dict(rtol=1e-12, atol=1e-12), dtype=torch.float64)
+
+
+def exact_16bit_inputs(n, v, h, k, dtype, device, seed=0):
+    """Inputs whose logits are exact in 16 bits (h in {0, ±1/2, ±1}, W in {0, ±1/4, ±1/2}, b in k/8: every
+    logit is a multiple of 1/8 below 32), so the kernel and the reference start from the same logits; half
+    the rows aim at three ids, whose weight-gradient rows then add up with one sign over every chunk."""
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randint(-2, 3, (n, h), generator=gen) / 2
+    weight = torch.randint(-2, 3, (v, h), generator=gen) / 4
+    bias = torch.randint(-8, 9, (v,), generator=gen) / 8
+    targets = torch.randint(0, v, (n, k), generator=gen)
+    targets[: n // 2] = torch.randint(0, 3, (n // 2, k), generator=gen)
+    targets[torch.rand(n, k, generator=gen) < 0.2] = -100
+    cast = lambda t: t.to(device=device, dtype=dtype)
+    return dict(hidden=cast(hidden), weight=cast(weight), bias=cast(bias),
+                targets=(targets if k > 1 else targets[:, 0]).to(device))
+
+
+def round_as_kernel_stores(values, dtype):
+    """fp32 → dtype as the Triton kernel's 16-bit store does it: round to nearest even on a GPU; the
+    interpreter (triton/runtime/interpreter.py, cast_impl) truncates fp32 → bfloat16 instead."""
+    if INTERPRETED and dtype == torch.bfloat16:
+        return (values.float().cpu().view(torch.int32) & -65536).view(torch.float32).to(values.device)
+    return values.to(dtype).float()
+
+
+def reference_16bit(hidden, weight, bias, targets, grad_logits_dtype=None):
+    """The 16-bit contract in float64 from the same 16-bit inputs: exact logits, fp32 softmax, d_logits
+    rounded to grad_logits_dtype where the kernel stores them so (None: kept in fp32, as the twin does),
+    every sum in float64."""
+    targets_2d = (targets if targets.dim() == 2 else targets[:, None]).cpu()  # [N, K]
+    hidden, weight, bias = (t.cpu().double() for t in (hidden, weight, bias))
+    logits = hidden @ weight.T + bias  # [N, V], exact by construction of the inputs
+    valid = targets_2d != -100
+    n_valid = valid.sum()
+    lse = logits.logsumexp(-1)
+    loss = ((lse[:, None] - logits.gather(1, targets_2d.clamp(min=0))) * valid).sum() / n_valid
+    # d loss / d z in fp32, as the kernel makes it (the twin keeps it in fp32 too)
+    grad_logits = torch.exp(logits.float() - lse.float()[:, None]) * (valid.sum(1, keepdim=True) / n_valid).float()
+    grad_logits.scatter_add_(1, targets_2d.clamp(min=0), -(valid / n_valid).float())
+    if grad_logits_dtype is not None:
+        grad_logits = round_as_kernel_stores(grad_logits, grad_logits_dtype)
+    grad_logits = grad_logits.double()
+    return loss, lse, dict(hidden=grad_logits @ weight, weight=grad_logits.T @ hidden, bias=grad_logits.sum(0))
+
+
+def assert_within_one_ulp(got, exact, dtype, name):
+    """Every element of the 16-bit `got` is within one unit in the last place of `exact` (a correctly
+    rounded fp32-accumulated result is within half of one; summing in 16 bits is many off)."""
+    ulp = torch.finfo(dtype).eps * torch.exp2(torch.floor(torch.log2(exact.abs().clamp(min=1e-30))))
+    allowed = torch.maximum(ulp, 1e-5 * exact.abs().max())  # near-zero sums: fp32 rounding of their terms
+    error = (got.cpu().double() - exact).abs() / allowed
+    assert float(error.max()) <= 1, f"grad {name}: {int((error > 1).sum())} of {error.numel()} elements more " \
+                                    f"than one ulp off, worst {float(error.max()):.1f}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("k", [1, 4])
-def test_triton_16bit_on_gpu(dtype, k, monkeypatch):
-    inputs = make_inputs(300, 3001, 128, k, mask=True, dtype=dtype, device="cuda")
-    fast, ref = run_both(inputs, "triton", monkeypatch, reduction="mean")
-    (loss, lse, grads), (ref_loss, ref_lse, ref_grads) = fast, ref
-    # logits are rounded to 16 bits before the softmax, as in naive torch: compare by relative norm
-    for got, want in [(loss, ref_loss), (lse, ref_lse)] + [(grads[n], ref_grads[n]) for n in ref_grads]:
-        assert torch.isfinite(got).all()
-        assert (got.double() - want).norm() / want.norm() < 1e-2
+def test_16bit_accumulates_in_fp32(backend, dtype, k, monkeypatch):
+    """16-bit inputs over 16 chunks: lse and loss in fp32, each gradient rounded once from an fp32 sum
+    over all chunks; runs on the CPU too (the twin, and the kernel under TRITON_INTERPRET=1)."""
+    device = default_device(backend)
+    if backend == "triton" and device == "cpu" and not INTERPRETED:
+        pytest.skip("compiled Triton needs CUDA tensors")
+    monkeypatch.setenv("IGOT_KERNELS", backend)
+    force_chunk_rows(monkeypatch, 6, backend)
+    inputs = exact_16bit_inputs(96, 160, 32, k, dtype, device)
+    leaves = {name: inputs[name].clone().requires_grad_() for name in ("hidden", "weight", "bias")}
+    loss, lse = fused_linear_cross_entropy(**leaves, targets=inputs["targets"], return_lse=True)
+    loss.backward()  # upstream gradient 1: the gradients are rounded to 16 bits once, not rescaled
+    ref_loss, ref_lse, ref_grads = reference_16bit(**inputs, grad_logits_dtype=dtype if backend == "triton" else None)
+    assert loss.dtype == lse.dtype == torch.float32
+    torch.testing.assert_close(loss.cpu().double(), ref_loss, rtol=2e-6, atol=0)
+    torch.testing.assert_close(lse.cpu().double(), ref_lse, rtol=2e-6, atol=0)
+    for name, exact in ref_grads.items():
+        assert leaves[name].grad.dtype == dtype
+        assert_within_one_ulp(leaves[name].grad, exact, dtype, name)
 
 
 BAD_INPUTS = [  # (change to good inputs, exception, text in message)

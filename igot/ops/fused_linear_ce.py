@@ -3,9 +3,11 @@
 loss = logsumexp(h·Wᵀ + b) − z[y] without ever holding the N×V logits. Targets may be [N] or [N, K]
 (K targets per row sharing one softmax, the patch-level loss): each valid (row, target) pair adds
 lse_row − z[row, target]. The Triton kernel (igot.kernels.fused_linear_ce) runs on CUDA; the twin here
-is the CPU path and the test oracle: forward walks N in chunks of whole rows (the lse needs all of V),
-backward recomputes the logits in slabs of V columns for all N rows; its peak memory is a chunk or slab
-(about _TWIN_CHUNK_ELEMENTS logits) plus the fp32 gradients, not N×V.
+is the CPU path and the test oracle. Both walk N in chunks of whole rows (the lse needs all of V) and,
+when a backward will follow a "mean"/"sum" loss, make the gradients in the same pass: per chunk one
+matmul for the logits and two for grad_hidden and grad_weight (3 in all, as naive torch and torch's
+chunked F.linear_cross_entropy; a recompute in backward would take 4). The twin's peak memory is one
+[chunk, V] buffer plus the gradients, not N×V.
 """
 from __future__ import annotations
 
@@ -20,10 +22,13 @@ _REDUCTIONS = ("mean", "sum", "none")
 # unlike −inf, a block made only of excluded rows still has a finite maximum (no inf − inf = NaN).
 MASKED_LOGIT = -1e30
 
-# The twin holds a few fp32 buffers of this many logits ([chunk, V] in forward, [N, slab] in backward):
-# 2**23 elements is 32 MiB each, small next to the N×V logits it replaces and large enough that the
-# per-chunk matmuls stay efficient.
-_TWIN_CHUNK_ELEMENTS = 1 << 23
+# The twin's one [chunk, V] buffer holds about this many logits (2**24: 64 MiB in fp32), and a chunk
+# has at least _TWIN_MIN_CHUNK_ROWS rows: each chunk reads and writes the whole fp32 grad_W once
+# (8·V·H bytes against 2·C·V·H flops of its matmul), so short chunks turn that matmul memory-bound
+# (a 64-row chunk at V = 262k spends more time moving grad_W than multiplying). Sweep on the 2-core
+# box, N = 4,096, H = 576, V = 51,200, fwd+bwd, see benchmarks/RESULTS.md.
+_TWIN_CHUNK_ELEMENTS = 1 << 24
+_TWIN_MIN_CHUNK_ROWS = 256
 
 
 def fused_linear_cross_entropy(
@@ -44,9 +49,10 @@ def fused_linear_cross_entropy(
     targets [N, K] it is the patch-level loss lse − mean_k z[y_k] (all K targets share one softmax).
     Forward and backward (grads for hidden, weight, bias) run blockwise; logsumexp and the weight
     gradient are accumulated in fp32. CUDA tensors use the Triton kernel (igot.ops.use_triton), anything
-    else the chunked torch twin; float64 always uses the twin. On the Triton path, with reduction "mean"
-    or "sum" and grad mode on, the gradients are computed during forward (as in Liger-Kernel) and the
-    backward only scales them, so one forward serves one backward (a second one raises RuntimeError).
+    else the chunked torch twin; float64 always uses the twin. With reduction "mean" or "sum" and grad
+    mode on, the gradients are computed during forward (as in Liger-Kernel and torch's chunked
+    F.linear_cross_entropy) and the backward only scales them, so one forward serves one backward (a
+    second one raises RuntimeError); reduction "none" recomputes in backward and allows retain_graph.
 
     Args:
         hidden: [N, H] float16/bfloat16/float32/float64 activations.
@@ -162,88 +168,159 @@ def _logit_offset(bias: torch.Tensor | None, vocab_mask: torch.Tensor | None) ->
     return offset.contiguous()
 
 
-def _twin_chunk_rows(n_vocab: int) -> int:
-    return max(1, _TWIN_CHUNK_ELEMENTS // n_vocab)
-
-
-def _twin_slab_columns(n_rows: int) -> int:
-    return max(1, _TWIN_CHUNK_ELEMENTS // max(n_rows, 1))
+def _twin_chunk_rows(n_rows: int, n_vocab: int) -> int:
+    return max(1, min(n_rows, max(_TWIN_CHUNK_ELEMENTS // n_vocab, _TWIN_MIN_CHUNK_ROWS)))
 
 
 def _acc_dtype(tensor: torch.Tensor) -> torch.dtype:
     return torch.promote_types(tensor.dtype, torch.float32)
 
 
-def _chunk_logits(hidden_chunk: torch.Tensor, weight: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
-    """Logits [C, V] of one chunk of rows, in fp32 (float64 for float64 inputs)."""
-    logits = (hidden_chunk @ weight.T).to(_acc_dtype(hidden_chunk))
-    return logits if offset is None else logits + offset
+def _twin_chunks(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    offset: torch.Tensor | None,
+    targets: torch.Tensor,
+    ignore_index: int,
+    scale: torch.Tensor | None,
+    need_grads: tuple[bool, bool, bool],
+    lse: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, ...]:
+    """The twin's one loop over chunks of whole rows: per chunk, the logits (one matmul into a reused
+    buffer), their logsumexp and loss, and with `scale` the gradients (two more matmuls).
+
+    Args:
+        hidden, weight, offset, targets, ignore_index: the prepared arguments of fused_linear_cross_entropy.
+        scale: upstream gradient of each row's loss (0-d for all rows, or [N]), or None for no gradients.
+        need_grads: which of the (hidden, weight, bias) gradients to make when scale is given.
+        lse: the forward's per-row logsumexp when recomputing in backward (then no loss is made).
+    Returns:
+        (loss_rows [N], lse [N], grad_hidden, grad_weight, grad_bias) in the accumulation dtype (fp32, or
+        float64 for float64 inputs); loss_rows is None when lse was given, a gradient None when not made.
+    """
+    n_rows, n_vocab = hidden.shape[0], weight.shape[0]
+    acc_dtype, device = _acc_dtype(hidden), hidden.device
+    need_hidden, need_weight, need_bias = need_grads if scale is not None else (False, False, False)
+    recompute = lse is not None
+    if not recompute:
+        lse = torch.empty(n_rows, dtype=acc_dtype, device=device)  # [N]
+    loss_rows = None if recompute else torch.empty(n_rows, dtype=acc_dtype, device=device)  # [N]
+    grad_hidden = torch.empty((n_rows, hidden.shape[1]), dtype=acc_dtype, device=device) if need_hidden else None
+    grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=device) if need_weight else None
+    grad_bias = torch.zeros(n_vocab, dtype=acc_dtype, device=device) if need_bias else None
+    # 16-bit inputs: the logits are made in the input dtype and widened (as the kernel and naive torch
+    # do); the gradient matmuls run on fp32 operands, so fp32 copies of the weight and of each chunk.
+    weight_acc = weight.to(acc_dtype) if need_hidden else None
+    valid = targets != ignore_index  # [N, K]
+    safe_targets = targets.clamp(min=0) * valid  # [N, K] ignored pairs read (and add 0 to) column 0
+    if scale is not None:
+        pair_scale = valid * scale.to(acc_dtype).expand(n_rows)[:, None]  # [N, K] d loss / d (lse − z) per pair
+        row_scale = pair_scale.sum(1, keepdim=True)  # [N, 1]
+    chunk = _twin_chunk_rows(n_rows, n_vocab)
+    buffer = torch.empty((chunk, n_vocab), dtype=acc_dtype, device=device)  # [C, V], reused by every chunk
+    for start in range(0, n_rows, chunk):
+        rows = slice(start, min(start + chunk, n_rows))
+        hidden_chunk = hidden[rows]  # [C, H]
+        logits = buffer[: hidden_chunk.shape[0]]  # [C, V]
+        if hidden.dtype == acc_dtype:
+            torch.mm(hidden_chunk, weight.T, out=logits)
+        else:
+            logits.copy_(hidden_chunk @ weight.T)
+        if offset is not None:
+            logits += offset
+        # The buffer is turned in place into exp(z − max), then softmax·scale: each pass reads and
+        # writes it once, and no second [C, V] tensor is ever allocated.
+        if recompute:
+            logits.sub_(lse[rows, None]).exp_()  # softmax
+        else:
+            target_logits = logits.gather(1, safe_targets[rows])  # [C, K]
+            row_max = logits.amax(1, keepdim=True)  # [C, 1]
+            sum_exp = logits.sub_(row_max).exp_().sum(1, keepdim=True)  # [C, 1]
+            lse[rows] = (row_max + sum_exp.log()).squeeze(1)
+            loss_rows[rows] = (valid[rows] * (lse[rows, None] - target_logits)).sum(1)
+        if scale is None:
+            continue
+        # d loss_r / d z_rj = scale_r·(n_valid_r·softmax_rj − #{k valid: y_rk = j})
+        logits.mul_(row_scale[rows] if recompute else row_scale[rows] / sum_exp)
+        logits.scatter_add_(1, safe_targets[rows], -pair_scale[rows])
+        if need_hidden:
+            torch.mm(logits, weight_acc, out=grad_hidden[rows])
+        if need_weight:
+            grad_weight.addmm_(logits.T, hidden_chunk.to(acc_dtype))
+        if need_bias:
+            grad_bias += logits.sum(0)
+    return loss_rows, lse, grad_hidden, grad_weight, grad_bias
 
 
 class TorchFusedLinearCEFunction(torch.autograd.Function):
-    """Chunked pure-torch fused linear CE: forward keeps only the per-row lse, backward recomputes
-    the logits slab by slab of the vocabulary. Takes the prepared arguments of fused_linear_cross_entropy (grad_enabled is
-    unused: nothing here depends on whether a backward will come)."""
+    """The twin as an autograd Function over the prepared arguments of fused_linear_cross_entropy
+    (hidden, weight, bias, targets [N, K] int64, offset, ignore_index, reduction, grad_enabled); returns
+    (loss, lse [N]). The kernel's Function (igot.kernels.fused_linear_ce) is the same over its launcher."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, offset, ignore_index, reduction, grad_enabled):  # type: ignore[no-untyped-def]
-        n_rows = hidden.shape[0]
-        chunk = _twin_chunk_rows(weight.shape[0])
-        lse = torch.empty(n_rows, dtype=_acc_dtype(hidden), device=hidden.device)  # [N]
-        loss_rows = torch.empty_like(lse)  # [N]
-        valid = targets != ignore_index  # [N, K]
-        for start in range(0, n_rows, chunk):
-            rows = slice(start, start + chunk)
-            logits = _chunk_logits(hidden[rows], weight, offset)  # [C, V]
-            lse[rows] = torch.logsumexp(logits, dim=-1)
-            target_logits = logits.gather(1, targets[rows].clamp(min=0) * valid[rows])  # [C, K]
-            loss_rows[rows] = (valid[rows] * (lse[rows, None] - target_logits)).sum(1)
-        n_valid = valid.sum()
-        ctx.save_for_backward(hidden, weight, bias, targets, offset, lse, n_valid)
-        ctx.ignore_index, ctx.reduction = ignore_index, reduction
-        ctx.mark_non_differentiable(lse)
-        if reduction == "none":
-            return loss_rows, lse
-        loss = loss_rows.sum()
-        return (loss / n_valid.clamp(min=1) if reduction == "mean" else loss), lse
+    def forward(ctx, *args):  # type: ignore[no-untyped-def]
+        return _function_forward(ctx, _twin_chunks, *args)
 
     @staticmethod
     def backward(ctx, grad_loss, grad_lse):  # type: ignore[no-untyped-def]
-        hidden, weight, bias, targets, offset, lse, n_valid = ctx.saved_tensors
-        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-        n_rows, n_vocab = hidden.shape[0], weight.shape[0]
-        acc_dtype = _acc_dtype(hidden)
-        scale = grad_loss.to(acc_dtype)
-        if ctx.reduction == "mean":
-            scale = scale / n_valid.clamp(min=1)
-        valid = targets != ctx.ignore_index  # [N, K]
-        pair_scale = valid * scale.expand(n_rows)[:, None]  # [N, K] upstream gradient of each pair
-        row_scale = pair_scale.sum(1, keepdim=True)  # [N, 1]
-        hidden_acc = hidden.to(acc_dtype)
-        grad_hidden = torch.zeros(hidden.shape, dtype=acc_dtype, device=hidden.device) if need_hidden else None
-        grad_weight = torch.empty(weight.shape, dtype=acc_dtype, device=weight.device) if need_weight else None
-        grad_bias = torch.empty(n_vocab, dtype=acc_dtype, device=weight.device) if need_bias else None
-        # Backward walks V in slabs of all N rows (the lse is known): each slab's grad_W rows come from
-        # one matmul, where walking N in chunks would read and write the whole fp32 grad_W per chunk.
-        slab = _twin_slab_columns(n_rows)
-        for start in range(0, n_vocab, slab):
-            cols = slice(start, start + slab)
-            # the same logits as forward (in the input dtype, then widened), so that they match its lse
-            logits = _chunk_logits(hidden, weight[cols], None if offset is None else offset[cols])  # [N, S]
-            weight_slab = weight[cols].to(acc_dtype)  # [S, H]
-            # d loss_r / d z_rj = n_r·softmax_rj − #{k: y_rk = j}, times the row's upstream gradient
-            grad_logits = torch.exp(logits - lse[:, None]) * row_scale
-            in_slab = (targets >= start) & (targets < start + logits.shape[1]) & valid  # [N, K]
-            grad_logits.scatter_add_(1, (targets - start) * in_slab, -pair_scale * in_slab)
-            if need_hidden:
-                grad_hidden.addmm_(grad_logits, weight_slab)
-            if need_weight:
-                torch.mm(grad_logits.T, hidden_acc, out=grad_weight[cols])
-            if need_bias:
-                grad_bias[cols] = grad_logits.sum(0)
-        return (
-            grad_hidden.to(hidden.dtype) if need_hidden else None,
-            grad_weight.to(weight.dtype) if need_weight else None,
-            grad_bias.to(bias.dtype) if need_bias else None,
-            None, None, None, None, None,
-        )
+        return _function_backward(ctx, _twin_chunks, grad_loss)
+
+
+def _function_forward(ctx, chunks, hidden, weight, bias, targets, offset, ignore_index, reduction, grad_enabled):  # type: ignore[no-untyped-def]
+    """Forward of both Functions; `chunks` is _twin_chunks or the kernel's launcher (same arguments).
+
+    grad_enabled is the caller's torch.is_grad_enabled(): inside forward grad mode is always off, and
+    ctx.needs_input_grad stays True under torch.no_grad, so without it an evaluation would pay for
+    gradients. With reduction "mean"/"sum" and a gradient wanted, the gradients are made here (scaled
+    by d loss / d pair) and kept for backward; otherwise the tensors a recompute needs are saved.
+    """
+    need_grads = tuple(grad_enabled and need for need in ctx.needs_input_grad[:3])
+    unit_scale = _unit_scale(targets, ignore_index, reduction, _acc_dtype(hidden))
+    ctx.grads_in_forward = reduction != "none" and any(need_grads)
+    loss_rows, lse, *grads = chunks(hidden, weight, offset, targets, ignore_index,
+                                    unit_scale if ctx.grads_in_forward else None, need_grads)
+    ctx.mark_non_differentiable(lse)
+    if ctx.grads_in_forward:
+        ctx.grads = grads
+    else:
+        ctx.save_for_backward(hidden, weight, targets, offset, lse)
+    ctx.ignore_index, ctx.need_grads = ignore_index, need_grads
+    ctx.grad_dtypes = (weight.dtype, weight.dtype, None if bias is None else bias.dtype)  # hidden's is weight's
+    if reduction == "none":
+        return loss_rows, lse
+    return loss_rows.sum() * unit_scale, lse
+
+
+def _function_backward(ctx, chunks, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[no-untyped-def]
+    """Backward of both Functions: scale the gradients made in forward (once only), or recompute them."""
+    if ctx.grads_in_forward:
+        if ctx.grads is None:
+            raise RuntimeError("fused_linear_cross_entropy: backward ran twice; its gradients were made in "
+                               "forward and are consumed by the first backward (run the forward again)")
+        grads, ctx.grads, scale = ctx.grads, None, grad_loss
+    else:
+        hidden, weight, targets, offset, lse = ctx.saved_tensors
+        grads = chunks(hidden, weight, offset, targets, ctx.ignore_index, grad_loss, ctx.need_grads, lse=lse)[2:]
+        scale = None  # already folded in
+    return (*(_scale_cast(grad, scale, dtype) for grad, dtype in zip(grads, ctx.grad_dtypes)),
+            None, None, None, None, None)
+
+
+def _unit_scale(targets: torch.Tensor, ignore_index: int, reduction: str, dtype: torch.dtype) -> torch.Tensor:
+    """0-d d loss / d pair_loss: 1 / (valid pairs) for "mean" (0 valid pairs: 1, all gradients are 0),
+    else 1. Shared by the twin's and the kernel's Functions."""
+    if reduction == "mean":
+        return 1 / (targets != ignore_index).sum().clamp(min=1).to(dtype)
+    return torch.ones((), dtype=dtype, device=targets.device)
+
+
+def _scale_cast(grad: torch.Tensor | None, scale: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
+    """A gradient times scale, cast to dtype, in one pass (in place when the dtype is already right:
+    the buffer belongs to this call alone)."""
+    if grad is None:
+        return None
+    if scale is None:
+        return grad.to(dtype)
+    if dtype == grad.dtype:
+        return grad.mul_(scale)
+    return torch.mul(grad, scale, out=torch.empty(grad.shape, dtype=dtype, device=grad.device))
