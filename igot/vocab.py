@@ -359,6 +359,7 @@ def _count_and_check(base: Tokenizer, new: Tokenizer, corpora: dict[str, list[st
                      ) -> tuple[dict[str, tuple[int, int]], list[str]]:
     """Token counts per corpus for base and new; with check, the documents that break G2 or G3."""
     counts, bad = {}, []
+    base, new = untruncated(base), untruncated(new)
     for name, texts in corpora.items():
         if texts is None:
             continue
@@ -383,8 +384,25 @@ def _violations(base: Tokenizer, new: Tokenizer, texts: list[str], old: list, fr
 
 def _entries_used(new: Tokenizer, texts: list[str], entry_of: dict[int, int]) -> set[int]:
     """Selection entries whose tokens appear in the new encoding of the offending texts."""
-    return {entry_of[i] for e in new.encode_batch(texts, add_special_tokens=False) for i in e.ids
+    return {entry_of[i] for e in untruncated(new).encode_batch(texts, add_special_tokens=False) for i in e.ids
             if i in entry_of}
+
+
+def untruncated(tokenizer: Tokenizer) -> Tokenizer:
+    """The tokenizer itself, or a copy with truncation and padding off when it has either set.
+
+    igot's own encodes (counting, verification, the save proof) must see whole documents: a base whose
+    tokenizer.json truncates to 128 tokens would otherwise be counted and compared on padded prefixes.
+    The tokenizer handed back to the user keeps the base's settings.
+    """
+    if tokenizer.truncation is None and tokenizer.padding is None:
+        return tokenizer
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
 
 
 def _plain(value: Any) -> Any:
@@ -421,8 +439,9 @@ def _prove_loadable(folder: Path, tokenizer: Tokenizer, new_tokens: list[NewToke
     from tokenizers import Tokenizer
 
     probe = "".join(_probe_text(tokenizer, t) for t in new_tokens[:200]) + " igot probe: 123 ∑ 😀 naïve\n"
-    expected = tokenizer.encode(probe, add_special_tokens=False).ids
-    loaded = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(probe, add_special_tokens=False).ids
+    expected = untruncated(tokenizer).encode(probe, add_special_tokens=False).ids
+    loaded = untruncated(Tokenizer.from_file(str(folder / "tokenizer.json")))
+    loaded = loaded.encode(probe, add_special_tokens=False).ids
     if loaded != expected:
         raise RuntimeError(f"{folder}/tokenizer.json does not load back into the same tokenizer")
     if check_transformers:

@@ -386,6 +386,64 @@ def test_extend_tokenizer_pipeline(pipeline):
         assert ext.tokenizer.decode([token.id]) == ext.base.decode(list(token.pieces))
 
 
+# ------------------------------------------------------------------------------------ truncating, padding bases
+
+PAD_TOKEN = {"smollm2": "<|endoftext|>", "mistral": "</s>", "bert": "[PAD]", "unigram": "</s>"}
+SETTINGS = ("truncation", "padding", "post_processor", "added_tokens", "normalizer", "pre_tokenizer", "decoder")
+
+
+def truncating_padding_base(kind: str, base: Tokenizer, folder: Path) -> Path | Tokenizer:
+    """`base` with truncation at 128 tokens and padding to 128 set in its tokenizer.json (and side files)."""
+    tok = Tokenizer.from_str(base.to_str())
+    tok.enable_truncation(128)
+    tok.enable_padding(length=128, pad_id=tok.token_to_id(PAD_TOKEN[kind]), pad_token=PAD_TOKEN[kind])
+    if kind not in data.TOKENIZERS:
+        return tok
+    folder.mkdir()
+    for side in data.tokenizer_path(kind).parent.iterdir():
+        if side.name != "tokenizer.json":
+            (folder / side.name).write_bytes(side.read_bytes())
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["smollm2", "mistral", "bert", "unigram"])
+def test_truncating_padding_base_changes_nothing_but_keeps_its_settings(kind, domain_docs, tmp_path):
+    from transformers import AutoTokenizer
+
+    plain_base = base_tokenizer(kind)
+    plain_source = data.tokenizer_path(kind).parent if kind in data.TOKENIZERS else plain_base
+    truncating = truncating_padding_base(kind, plain_base, tmp_path / "base")
+    heldout, general = data.load_corpus("hpo", "heldout")[:400], data.load_corpus("sotu")[:3]
+    corpora = dict(domain=domain_docs[:1000], general=general, heldout=heldout, budget=100, progress=False)
+    plain = extend_tokenizer(plain_source, **corpora)
+    ext = extend_tokenizer(truncating, **corpora)
+    assert len(plain.new_tokens) > 20
+    assert [(t.token, t.id) for t in ext.new_tokens] == [(t.token, t.id) for t in plain.new_tokens]
+    assert ext.report["tokens"] == plain.report["tokens"]  # whole documents counted, not 128 tokens each
+    assert ext.report["dropped_by_verification"] == 0 and ext.report["verified"]
+    whole = sum(len(e.ids) for e in plain_base.encode_batch(general, add_special_tokens=False))
+    assert ext.report["tokens"]["general"]["base"] == whole > 10 * 128 * len(general)
+
+    folder = ext.save(tmp_path / "out")  # proves the folder with Tokenizer.from_file and AutoTokenizer
+    saved = json.loads((folder / "tokenizer.json").read_text())
+    base_json = json.loads((truncating if isinstance(truncating, Tokenizer) else
+                            Tokenizer.from_file(str(truncating / "tokenizer.json"))).to_str())
+    for key in SETTINGS:
+        assert saved[key] == base_json[key], key
+    assert saved["truncation"]["max_length"] == 128 and saved["padding"]["strategy"] == {"Fixed": 128}
+    if not isinstance(truncating, Tokenizer):
+        for side in ("tokenizer_config.json", "special_tokens_map.json"):
+            assert (folder / side).read_bytes() == (truncating / side).read_bytes()
+    auto = AutoTokenizer.from_pretrained(str(folder))
+    texts = heldout[:50] + data.load_corpus("sotu", "heldout")[:1]
+    expected = [e.ids for e in plain.tokenizer.encode_batch(texts, add_special_tokens=False)]
+    assert auto(texts, add_special_tokens=False)["input_ids"] == expected
+    padded = Tokenizer.from_file(str(folder / "tokenizer.json")).encode_batch(texts, add_special_tokens=False)
+    assert {len(e.ids) for e in padded} == {128}  # the written file still truncates and pads
+    assert padded[-1].ids == expected[-1][:128] and padded[0].ids[-1] == base_json["padding"]["pad_id"]
+
+
 def test_added_tokens_method_is_only_for_comparison(domain_docs):
     base = Tokenizer.from_file(str(data.tokenizer_path("gpt2")))
     ext = extend_tokenizer(base, domain_docs[:500], budget=50, method="added_tokens", progress=False)
