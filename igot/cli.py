@@ -266,11 +266,15 @@ def _names(text: str) -> list[str]:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    import warnings
+
     from .scaling import LawFit, fit, plan
 
     if args.action == "fit":
-        result = fit(args.runs, args.law, n_bootstrap=args.bootstrap, seed=args.seed, general=args.general,
-                     domain=args.domain, heldout=args.heldout, n_params=args.n_params, points=args.points)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the summary prints them
+            result = fit(args.runs, args.law, n_bootstrap=args.bootstrap, seed=args.seed, general=args.general,
+                         domain=args.domain, heldout=args.heldout, n_params=args.n_params, points=args.points)
         print(result.summary())
         print(f"\n{result.save(args.out)}")
         return 0

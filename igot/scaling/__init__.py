@@ -8,9 +8,9 @@ pretraining (D tokens, shared) and domain continued pretraining (D′ tokens per
 Reads run logs only: it never imports igot.train. scipy (fitting, planning) and matplotlib (plots) load
 when a function needs them: pip install 'igot[scaling]'.
 """
-from .fit import HUBER_DELTA, Comparison, LawFit, compare, fit
+from .fitting import HUBER_DELTA, Comparison, LawFit, compare, fit
 from .laws import LAWS, Law, get_law
-from .plan import Plan, best_split, plan
+from .planning import Plan, best_split, plan
 from .runs import Runs, load_runs
 
 __all__ = ["HUBER_DELTA", "LAWS", "Comparison", "Law", "LawFit", "Plan", "Runs", "best_split", "compare", "fit",

@@ -1,4 +1,7 @@
-"""Picture of a plan: iso-loss curves over (D, D′) at the plan's N, the compute budget line and the plan."""
+"""Picture of a plan: iso-loss curves over (D, D′) at the plan's N, the compute budget line and the plan.
+
+The curves are the plan's loss and 0.5% to 40% above it, so their spacing shows how flat the optimum is. A plan
+at D = 0 or D′ = 0 lies off the log axes; its legend entry still gives it."""
 from __future__ import annotations
 
 import os
@@ -10,7 +13,7 @@ import numpy as np
 from ._util import require, write_atomic
 
 if TYPE_CHECKING:
-    from .plan import Plan
+    from .planning import Plan
 
 
 def plot_split(plan: Plan, path: str | os.PathLike, *, dpi: int = 120) -> Path:
@@ -32,23 +35,22 @@ def plot_split(plan: Plan, path: str | os.PathLike, *, dpi: int = 120) -> Path:
     plt = require("matplotlib.pyplot")
 
     k, tokens = plan.n_domains, plan.compute / (6 * plan.N)
-    D = np.geomspace(tokens * 1e-3, tokens * 3, 200)
-    Dp = np.geomspace(tokens / k * 1e-3, tokens / k * 3, 200)
+    D = np.geomspace(tokens * 1e-4, tokens * 3, 240)
+    Dp = np.geomspace(tokens / k * 1e-4, tokens / k * 3, 240)
     loss = plan.fit.predict(plan.N, D[None, :], Dp[:, None])  # [Dp, D]
-    finite = loss[np.isfinite(loss)]
-    levels = np.unique(np.quantile(finite, np.linspace(0.02, 0.9, 12)))
-    levels = np.unique(np.append(levels, plan.loss))
+    levels = plan.loss * (1 + np.array([0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]))  # the plan's, then +0.5%..+40%
 
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
     try:
         contours = ax.contour(D, Dp, loss, levels=levels, cmap="viridis", linewidths=1)
         ax.clabel(contours, fmt="%.3f", fontsize=7)
-        line_D = np.geomspace(tokens * 1e-3, tokens * (1 - 1e-6), 400)
+        line_D = np.geomspace(D[0], tokens * (1 - 1e-4), 400)
         ax.plot(line_D, (tokens - line_D) / k, color="crimson", lw=1.5,
                 label=f"budget: D + {k}·D' = {tokens:.3g} tokens")
         ax.plot([plan.D], [plan.Dp], marker="*", ms=14, color="crimson", ls="none",
                 label=f"plan: D = {plan.D:.3g}, D' = {plan.Dp:.3g}, loss {plan.loss:.4f}")
-        ax.set(xscale="log", yscale="log", xlabel="general tokens D", ylabel="domain tokens D' (per domain)",
+        ax.set(xscale="log", yscale="log", xlim=(D[0], D[-1]), ylim=(Dp[0], Dp[-1]), xlabel="general tokens D",
+               ylabel="domain tokens D' (per domain)",
                title=f"{plan.law}: iso-loss at N = {plan.N:.3g}, C = {plan.compute:.3g} FLOPs, {k} domain(s)")
         ax.title.set_fontsize(9)
         ax.legend(fontsize=8, loc="lower left")

@@ -107,10 +107,9 @@ class LawFit:
                  "hi": intervals.get(name, (None, None))[1], "fixed": "fixed" if name in self.fixed else ""}
                 for name, value in self.params.items()]
         pct = f"{level:.0%}"
+        ranges = "".join(f", {name} {lo:.3g}..{hi:.3g}" for name, (lo, hi) in self.ranges.items())
         lines = [f"{law.name}: {law.formula}  ({self.target}, {self.n_runs} runs, RMSE of log loss "
-                 f"{self.rmse_log:.4f}, fitted N {self.ranges['N'][0]:.3g}..{self.ranges['N'][1]:.3g}, D "
-                 f"{self.ranges['D'][0]:.3g}..{self.ranges['D'][1]:.3g}, D' {self.ranges['Dp'][0]:.3g}.."
-                 f"{self.ranges['Dp'][1]:.3g})", "",
+                 f"{self.rmse_log:.4f}{ranges})", "",
                  markdown(rows, [("name", "parameter", ""), ("value", "value", ".5g"), ("lo", f"{pct} low", ".4g"),
                                  ("hi", f"{pct} high", ".4g"), ("fixed", "", "")])]
         lines += [f"warning: {w}" for w in self.warnings]
@@ -423,8 +422,8 @@ class Comparison:
         """The comparison as a markdown table."""
         return markdown(self.rows, [("law", "law", ""), ("n_train", "fitted runs", "d"),
                                     ("n_test", "held-out runs", "d"), ("rmse_log_train", "RMSE log (fit)", ".4f"),
-                                    ("mean_abs_rel_err", "mean |rel. err| held out", ".2%"),
-                                    ("max_abs_rel_err", "max |rel. err|", ".2%"),
+                                    ("mean_abs_rel_err", "held-out mean abs. rel. error", ".2%"),
+                                    ("max_abs_rel_err", "max abs. rel. error", ".2%"),
                                     ("mean_rel_err", "mean rel. err (bias)", "+.2%"), ("error", "error", "")])
 
     def __str__(self) -> str:

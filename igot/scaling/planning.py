@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ._util import markdown, require
-from .fit import LawFit
+from .fitting import LawFit
 from .laws import get_law
 
 SHARES = (0.1, 0.25, 0.5, 0.75, 0.9)  # the "obvious" fixed splits the plan is compared with
@@ -59,12 +59,15 @@ class Plan:
             row = next((r for r in self.alternatives if r["strategy"] == label), None)
             if gain is None or row is None:
                 lines.append(f"{label}: not defined by {self.law} (infinite loss there)")
+            elif math.isinf(row["compute_to_match"]):
+                lines.append(f"{label}: {gain:+.4f} loss, and no amount of compute (up to {_MAX_COMPUTE_RATIO:.0e}x) "
+                             "brings it to the plan's loss at this N")
             else:
-                lines.append(f"{label}: {gain:+.4f} loss, needs {row['compute_to_match']:.3g}x the compute to match")
+                lines.append(f"{label}: {gain:+.4f} loss, needs {row['compute_to_match']:.2f}x the compute to match")
         lines += ["", markdown(self.alternatives, [
             ("strategy", "strategy", ""), ("N", "N", ".3g"), ("D", "D", ".3g"), ("Dp", "D' per domain", ".3g"),
             ("share", "domain share", ".1%"), ("loss", "loss", ".4f"), ("delta", "vs plan", "+.4f"),
-            ("compute_to_match", "compute to match", ".3g")])]
+            ("compute_to_match", "compute to match (x)", ".2f")])]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
