@@ -222,6 +222,10 @@ def test_two_token_counts_refused():
 def test_law_undefined_at_zero_tokens_refused():
     with pytest.raises(ValueError, match="infinite at D = 0.*law='transfer'"):
         fit(_runs("transfer", 0.001), "chinchilla_split")
+    runs = _runs("transfer", 0.001)
+    runs[3].update(D=0.0, Dp=0.0)
+    with pytest.raises(ValueError, match="untrained model.*run 3 "):
+        fit(runs, "transfer")
 
 
 def test_runs_without_domain_signal_warn():
@@ -288,6 +292,7 @@ def _write_run(folder, n_params, model_path, lines):
 def test_igot_train_runs_branching_from_a_general_base(tmp_path):
     base, domain = tmp_path / "base", tmp_path / "domain"
     _write_run(base, 1_000_000, "/models/SmolLM2", [
+        (0, {"sotu": 0, "moby": 0}, {"hpo": 9.0, "sotu": 9.0}),  # random weights: skipped
         (10, {"sotu": 600, "moby": 400}, {"hpo": 2.0, "sotu": 1.5}),
         (20, {"sotu": 1200, "moby": 800}, {"hpo": 1.9, "sotu": 1.4})])
     _write_run(domain, 1_000_000, str(base / "final"), [
@@ -300,9 +305,10 @@ def test_igot_train_runs_branching_from_a_general_base(tmp_path):
     np.testing.assert_array_equal(runs.Dp, [0, 600])
     np.testing.assert_array_equal(runs.loss, [1.9, 1.5])
     np.testing.assert_array_equal(runs.general_loss, [1.4, 1.5])
-    every = load_runs([domain], **mapping, points="evals", n_params="non_embedding")
-    np.testing.assert_array_equal(every.Dp, [300, 600])
-    np.testing.assert_array_equal(every.N, [5e5, 5e5])
+    every = load_runs([base, domain], **mapping, points="evals", n_params="non_embedding")
+    np.testing.assert_array_equal(every.D, [1000, 2000, 2050, 2100])
+    np.testing.assert_array_equal(every.Dp, [0, 0, 300, 600])
+    np.testing.assert_array_equal(every.N, [5e5] * 4)
     with pytest.raises(ValueError, match=r"sources \['moby'\] are in neither"):
         load_runs([base], general=["sotu"], domain=["hpo"], heldout="hpo")
     with pytest.raises(ValueError, match="no held-out set 'go'.*'hpo', 'sotu'"):

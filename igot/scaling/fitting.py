@@ -230,6 +230,10 @@ def _check_runs(runs: Runs, law: Law, target: str, fixed: Mapping[str, float]) -
     if bad.size:
         raise ValueError(f"{target} must be a positive finite number (log-loss is fitted): "
                          + describe_rows(runs.labels, y, bad) + "; drop these runs or fix their loss")
+    untrained = np.flatnonzero((runs.D == 0) & (runs.Dp == 0))
+    if untrained.size:
+        raise ValueError("runs with D = 0 and D' = 0 (an untrained model) fit no law: "
+                         + describe_rows(runs.labels, runs.D, untrained) + "; drop them")
     for column, ok in (("D", law.defined_at_zero_D), ("Dp", law.defined_at_zero_Dp)):
         zero = np.flatnonzero(runs.column(column) == 0)
         if zero.size and not ok:

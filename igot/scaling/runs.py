@@ -12,7 +12,11 @@ From an igot train run (its metrics.jsonl, or the folder holding it with config.
   its own pretraining is not in any log.
 - loss is `heldout_bpb[heldout]` (bits per byte on the named held-out set) of the run's last eval line
   (points="final"), or of every eval line (points="evals"; only sound with a schedule that does not decay
-  towards the end, e.g. WSD read before its decay); general_loss likewise from `general_heldout`.
+  towards the end, e.g. WSD read before its decay); general_loss likewise from `general_heldout`. An eval
+  of a model trained on no token at all (a base run's step 0 from random weights) is skipped.
+- N counts the embeddings with n_params="total"; for tiny models, whose embeddings are most of the
+  parameters (1.57 M of 1.59 M in a 2-layer, 32-wide Llama over SmolLM2's 49,152 ids), n_params=
+  "non_embedding" (Kaplan et al.'s choice) follows the body that scaling changes.
 """
 from __future__ import annotations
 
@@ -189,6 +193,8 @@ def _read_run(path: Path, mapping: dict) -> list[tuple[str, dict]]:
         if tokens is None:
             raise ValueError(f"{label}: no tokens_by_source on or before this line; D and D' are unknown")
         D, Dp = _split_tokens(tokens, general, domain, label)
+        if D0 + D + Dp0 + Dp == 0:
+            continue  # an eval before any training: the random initial model is no point of any law
         row = {"N": start[key], "D": D0 + D, "Dp": Dp0 + Dp, "loss": _heldout(rec, heldout, label, "heldout")}
         if mapping["general_heldout"] is not None:
             row["general_loss"] = _heldout(rec, mapping["general_heldout"], label, "general_heldout")
