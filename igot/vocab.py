@@ -3,11 +3,14 @@
     ext = extend_tokenizer("smollm2_dir/", domain=hpo_docs, general=general_docs, budget=2000)
     ext.save("smollm2_hpo/")      # tokenizer.json + tokenizer_config.json + ... ; loads with AutoTokenizer
 
-Pipeline: encode the corpora with the base tokenizer (igot.corpus) -> count distinct pre-tokens
+Pipeline: encode the corpora once with the base tokenizer (igot.corpus) -> count distinct pre-tokens
 (igot.counting) -> select entries (igot.scoring) -> append them to the tokenizer.json model
-(igot._vocab_models, which documents per model type why G1-G3 of DESIGN.md hold) -> verify G2/G3 on every
-document of the corpora given. Domain terms are never AddedTokens (method="added_tokens" exists only to
-compare with Hugging Face's add_tokens).
+(igot._vocab_models, which documents per model type why G1-G3 of DESIGN.md hold) -> count tokens and verify
+G2/G3 for every document of the corpora given, by running the base and new models on each distinct
+pre-token (igot._vocab_check, which says why that is exact and which documents are still checked whole).
+All of igot's own encodes run with truncation and padding off; the written tokenizer.json keeps the
+base's settings. Domain terms are never AddedTokens (method="added_tokens" exists only to compare with
+Hugging Face's add_tokens).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import numpy as np
 
 from ._files import replace_folder
+from ._vocab_check import WordCheck, count_corpus, untruncated
 from ._vocab_models import (WORDPIECE_POOL, NewToken, WriteResult, id_to_token, largest_id, model_type,
                             side_file_names, tokenizer_config_default, tokens_json, unmergeable_ids,
                             write_entries)
@@ -41,7 +45,6 @@ Method = Literal["igot", "frequency", "bpe", "added_tokens"]
 Texts = Union[str, "os.PathLike[str]", Sequence[str], Sequence["os.PathLike[str]"], "EncodedCorpus"]
 METHODS = ("igot", "frequency", "bpe", "added_tokens")
 REPORT_FILE = "igot_report.json"
-_ENCODE_BATCH = 1024  # documents per encode_batch call while counting tokens for the report
 _REPAIR_ROUNDS = 3  # verification re-writes without offending entries at most this often
 
 
@@ -159,9 +162,10 @@ def extend_tokenizer(
     timings["read"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    words = {name: _count_words(base_tok, texts, unmergeable, progress)
-             for name, texts in (("domain", domain_texts), ("general", general_texts),
-                                 ("heldout", heldout_texts)) if texts is not None}
+    corpora = {name: texts for name, texts in (("domain", domain_texts), ("heldout", heldout_texts),
+                                               ("general", general_texts)) if texts is not None}
+    counted = {name: count_corpus(base_tok, texts, unmergeable, progress) for name, texts in corpora.items()}
+    words = {name: c.select for name, c in counted.items()}
     timings["encode_count"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -183,19 +187,20 @@ def extend_tokenizer(
     timings["write"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    corpora = {"domain": domain_texts, "heldout": heldout_texts, "general": general_texts}
-    counts, bad = _count_and_check(base_tok, tokenizer, corpora, check=verify and selection is not None)
+    checker = WordCheck(base_tok, tok_json, {name: (corpora[name], counted[name]) for name in corpora})
+    checked = checker.run(tokenizer, check=verify and selection is not None)
     dropped: set[int] = set()
     for _ in range(_REPAIR_ROUNDS):
-        if not bad:
+        if not checked.offending:
             break
-        dropped |= _entries_used(tokenizer, bad, written.entry_of)
+        dropped |= {written.entry_of[i] for i in checked.culprits if i in written.entry_of}
         tokenizer, written = _write(tok_json, merges, scores, n_base, budget, frozenset(dropped))
         new_tokens, skipped = written.new_tokens, written.skipped
-        counts, bad = _count_and_check(base_tok, tokenizer, corpora, check=True)
-    if bad:
-        raise RuntimeError(f"extended {kind} tokenizer still breaks G2/G3 on {len(bad)} document(s) after "
-                           f"dropping {len(dropped)} entries, e.g. {bad[0][:200]!r}; please report this")
+        checked = checker.run(tokenizer, check=True)
+    if checked.offending:
+        raise RuntimeError(f"extended {kind} tokenizer still breaks G2/G3 on {len(checked.offending)} text(s) "
+                           f"after dropping {len(dropped)} entries, e.g. {checked.offending[0][:200]!r}; "
+                           "please report this")
     timings["verify" if verify else "count"] = time.perf_counter() - clock
 
     report = {
@@ -204,8 +209,9 @@ def extend_tokenizer(
         "vocab_size_new": tokenizer.get_vocab_size(with_added_tokens=True),
         "first_new_id": new_tokens[0].id if new_tokens else None,
         "skipped": skipped, "dropped_by_verification": len(dropped), "verified": bool(verify and selection),
+        "checked": {"distinct_words": checked.distinct_words, "whole_documents": checked.whole_documents},
         "tokens": {name: {"base": b, "new": n, "saving": (1.0 - n / b) if b else 0.0}
-                   for name, (b, n) in counts.items()},
+                   for name, (b, n) in checked.counts.items()},
         "tau": _plain(getattr(selection, "tau", tau)) if selection is not None else None,
         "curve": _plain(getattr(selection, "curve", None)),
         "options": {k: _plain(v) for k, v in options.items()},
@@ -292,19 +298,6 @@ def _split(texts: list[str], fraction: float, seed: int) -> tuple[list[str], lis
     return ([t for i, t in enumerate(texts) if i not in held], [texts[i] for i in sorted(held)])
 
 
-def _count_words(tokenizer: Tokenizer, texts: list[str], unmergeable: np.ndarray, progress: bool):
-    from .corpus import encode_corpus
-    from .counting import count_words
-
-    corpus = encode_corpus(tokenizer, texts, progress=progress)
-    ids = np.asarray(corpus.ids)  # [T] uint32
-    isolated = np.isin(ids, unmergeable)  # [T] such tokens become one-token words: never part of an entry
-    word_starts = np.asarray(corpus.word_starts).copy()  # [T]
-    word_starts |= isolated
-    word_starts[1:] |= isolated[:-1]
-    return count_words(ids, word_starts, np.asarray(corpus.doc_starts))
-
-
 # ------------------------------------------------------------------------------------------- writing
 
 
@@ -312,7 +305,13 @@ def _write(tok_json: dict, merges: np.ndarray, scores: np.ndarray, n_base: int, 
            drop: frozenset[int]) -> tuple[Tokenizer, WriteResult]:
     from tokenizers import Tokenizer
 
-    edited = json.loads(json.dumps(tok_json))  # writers edit in place; keep the base JSON pristine
+    # Writers edit the model's vocab and merges in place (append, add keys, or replace the merges list):
+    # copying those two keeps the base JSON pristine at a fraction of a deep copy's cost.
+    model = dict(tok_json["model"])
+    model["vocab"] = type(model["vocab"])(model["vocab"])
+    if "merges" in model:
+        model["merges"] = list(model["merges"])
+    edited = {**tok_json, "model": model}
     result = write_entries(edited, merges, scores, n_base, budget, drop)
     return Tokenizer.from_str(tokens_json(edited)), result
 
@@ -350,59 +349,6 @@ def _add_tokens(base: Tokenizer, words, budget: int, unmergeable: np.ndarray) ->
     tokenizer.add_tokens(list(chosen))
     new_tokens = [NewToken(text, tokenizer.token_to_id(text), ids, count) for text, (ids, count) in chosen.items()]
     return tokenizer, WriteResult(new_tokens=sorted(new_tokens, key=lambda t: t.id))
-
-
-# ------------------------------------------------------------------------------------------- checking
-
-
-def _count_and_check(base: Tokenizer, new: Tokenizer, corpora: dict[str, list[str] | None], check: bool
-                     ) -> tuple[dict[str, tuple[int, int]], list[str]]:
-    """Token counts per corpus for base and new; with check, the documents that break G2 or G3."""
-    counts, bad = {}, []
-    base, new = untruncated(base), untruncated(new)
-    for name, texts in corpora.items():
-        if texts is None:
-            continue
-        n_base = n_new = 0
-        for start in range(0, len(texts), _ENCODE_BATCH):
-            batch = texts[start:start + _ENCODE_BATCH]
-            old = base.encode_batch(batch, add_special_tokens=False)
-            fresh = new.encode_batch(batch, add_special_tokens=False)
-            n_base += sum(len(e.ids) for e in old)
-            n_new += sum(len(e.ids) for e in fresh)
-            if check:
-                bad += _violations(base, new, batch, old, fresh)
-        counts[name] = (n_base, n_new)
-    return counts, bad
-
-
-def _violations(base: Tokenizer, new: Tokenizer, texts: list[str], old: list, fresh: list) -> list[str]:
-    old_text = base.decode_batch([e.ids for e in old], skip_special_tokens=False)
-    new_text = new.decode_batch([e.ids for e in fresh], skip_special_tokens=False)
-    return [t for t, a, b, x, y in zip(texts, old, fresh, old_text, new_text) if len(b.ids) > len(a.ids) or x != y]
-
-
-def _entries_used(new: Tokenizer, texts: list[str], entry_of: dict[int, int]) -> set[int]:
-    """Selection entries whose tokens appear in the new encoding of the offending texts."""
-    return {entry_of[i] for e in untruncated(new).encode_batch(texts, add_special_tokens=False) for i in e.ids
-            if i in entry_of}
-
-
-def untruncated(tokenizer: Tokenizer) -> Tokenizer:
-    """The tokenizer itself, or a copy with truncation and padding off when it has either set.
-
-    igot's own encodes (counting, verification, the save proof) must see whole documents: a base whose
-    tokenizer.json truncates to 128 tokens would otherwise be counted and compared on padded prefixes.
-    The tokenizer handed back to the user keeps the base's settings.
-    """
-    if tokenizer.truncation is None and tokenizer.padding is None:
-        return tokenizer
-    from tokenizers import Tokenizer
-
-    copy = Tokenizer.from_str(tokenizer.to_str())
-    copy.no_truncation()
-    copy.no_padding()
-    return copy
 
 
 def _plain(value: Any) -> Any:

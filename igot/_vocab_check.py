@@ -1,0 +1,280 @@
+"""Token counts and the G2/G3 check behind igot.vocab.extend_tokenizer, word by word.
+
+Why words suffice. A Hugging Face tokenizer splits off added tokens, normalizes and pre-tokenizes the rest
+into words (pre-tokens), and its *model* then tokenizes each word on its own (tokenizers'
+PreTokenizedString::tokenize); with add_special_tokens=False nothing is added around them. An extended
+tokenizer shares every stage with its base except the model (igot._vocab_models edits only `model`), so for
+every document, with model(w) the ids a model gives word w,
+
+    encode(doc) = model(w1) + model(w2) + ...     len(encode(doc)) = Σ_w count(w) · len(model(w))
+
+for the base and the new tokenizer alike. The words and their counts come from the counting pass
+(igot.corpus.encode_corpus, then igot.counting.count_words: the one encoding pass of extend_tokenizer). A
+word's text is rebuilt from its base tokens (their strings joined; WordPiece: continuations without their
+"##"), and the base model must give back exactly those tokens for it, which proves the rebuilt text is the
+text the model saw. Then the base and the new model run once on each distinct word, and per word:
+  G3: len(new(w)) <= len(base(w)). Summed with the counts this is G3 for every document, and a word that
+      breaks it is itself a text that breaks it.
+  G2: new(w) holds no unknown, byte-fallback or added id, its token strings join to the same text, and
+      the decoder turns new(w) and base(w) into the same string both at the start of a document and after
+      another word.
+G2 for whole documents follows when the decoder is word-separable (`separable_decoder`): its output is the
+concatenation of one part per word that depends only on that word's tokens and on whether the word comes
+first. That holds for ByteLevel (all bytes decoded at once; each word's bytes are whole UTF-8 characters),
+Metaspace and WordPiece (each token on its own, with a rule for the document's first token), and a
+Sequence of one-character Replace and ByteFallback steps, then Fuse, then Strip with stop=0 (the Llama /
+Mistral decoder: a character map of the joined strings, then the first characters of the document).
+Normalizers need no rule: words are read after normalization and pre-tokenization, which both share.
+
+Documents still checked whole (encoded and decoded with both tokenizers, truncation and padding off):
+- documents that hold an unmergeable id: the unknown token (WordPiece's [UNK] even stands for a whole
+  word), byte-fallback tokens <0xNN> and added tokens; a word's text cannot be rebuilt from those ids;
+- every document when the decoder is not word-separable (CTC merges equal neighbours across words,
+  BPEDecoder has a last-token rule, no decoder at all joins tokens with spaces, ...) or when the added
+  tokens of the two tokenizers differ (method="added_tokens": then the words themselves change);
+- every document of a corpus with a rebuilt word that does not re-encode to its base ids (a safety net;
+  it did not fire on any tokenizer tested), or whose documents cannot be matched to the encoded stream.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._vocab_models import id_to_token, unmergeable_ids
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from .counting import WordTable
+
+_ENCODE_BATCH = 1024  # documents per encode_batch call when documents are checked whole
+
+
+def untruncated(tokenizer: Tokenizer) -> Tokenizer:
+    """The tokenizer itself, or a copy with truncation and padding off when it has either set.
+
+    igot's own encodes (counting, verification, the save proof) must see whole documents: a base whose
+    tokenizer.json truncates to 128 tokens would otherwise be counted and compared on padded prefixes.
+    The tokenizer handed back to the user keeps the base's settings.
+    """
+    if tokenizer.truncation is None and tokenizer.padding is None:
+        return tokenizer
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
+def separable_decoder(decoder: dict | None) -> bool:
+    """True when a tokenizer.json decoder decodes a document as one part per word (module docstring)."""
+    if decoder is None:
+        return False
+    if decoder["type"] in ("ByteLevel", "Metaspace", "WordPiece"):
+        return True
+    steps = decoder["decoders"] if decoder["type"] == "Sequence" else [decoder]
+    stage = "map"  # then "fused" after Fuse, "stripped" after Strip
+    for step in steps:
+        kind = step["type"]
+        if stage == "map" and kind == "Replace" and len(step["pattern"].get("String") or "") == 1:
+            continue
+        if stage == "map" and kind == "ByteFallback":
+            continue
+        if stage == "map" and kind == "Fuse":
+            stage = "fused"
+        elif stage == "fused" and kind == "Strip" and not step.get("stop"):
+            stage = "stripped"
+        else:
+            return False
+    return True
+
+
+@dataclass
+class CorpusWords:
+    """One corpus after the counting pass."""
+
+    select: WordTable  # pre-tokens split around unmergeable ids: what the selection reads
+    words: WordTable  # pre-tokens (base ids) of the documents checked word by word, with counts
+    n_tokens: int  # base tokens of the whole corpus
+    whole_docs: np.ndarray  # int64 [D] indices into the texts of the documents checked whole
+
+
+def count_corpus(tokenizer: Tokenizer, texts: list[str], unmergeable: np.ndarray, progress: bool) -> CorpusWords:
+    """Encode a corpus once with the base (truncation and padding off) and count its words.
+
+    Args:
+        tokenizer: the base tokenizer.
+        texts: the documents.
+        unmergeable: sorted int64 ids that never join an entry (igot._vocab_models.unmergeable_ids).
+        progress: show the encoding progress bar.
+
+    Returns:
+        The CorpusWords.
+    """
+    from .corpus import encode_corpus
+    from .counting import count_words
+
+    corpus = encode_corpus(tokenizer, texts, progress=progress)  # a copy without truncation and padding
+    ids, word_starts, doc_starts = (np.asarray(a) for a in (corpus.ids, corpus.word_starts, corpus.doc_starts))
+    held = np.isin(ids, unmergeable)  # [T]
+    if not held.any():
+        words = count_words(ids, word_starts, doc_starts)
+        return CorpusWords(words, words, corpus.n_tokens, np.zeros(0, np.int64))
+    isolated = word_starts | held  # [T] such tokens become one-token words: never part of an entry
+    isolated[1:] |= held[:-1]
+    select = count_words(ids, isolated, doc_starts)
+    doc_of = np.cumsum(doc_starts) - 1  # [T] document of each token
+    whole = np.zeros(corpus.n_docs, bool)  # [D]
+    whole[doc_of[held]] = True
+    nonempty = np.array([i for i, text in enumerate(texts) if text], np.int64)  # encode_corpus skips ""
+    if len(nonempty) != corpus.n_docs:  # a document gave no token at all: check every document whole
+        return CorpusWords(select, _no_words(), corpus.n_tokens, np.arange(len(texts), dtype=np.int64))
+    keep = ~whole[doc_of]  # [T]
+    words = count_words(ids[keep], word_starts[keep], doc_starts[keep]) if keep.any() else _no_words()
+    return CorpusWords(select, words, corpus.n_tokens, nonempty[whole])
+
+
+def _no_words() -> WordTable:
+    from .counting import WordTable
+
+    return WordTable(np.zeros(1, np.int64), np.zeros(0, np.uint32), np.zeros(0, np.int64))
+
+
+@dataclass
+class Checked:
+    """Token counts of base and new per corpus, and what breaks G2 or G3."""
+
+    counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # corpus -> (base tokens, new tokens)
+    offending: list[str] = field(default_factory=list)  # documents, or words as the base decodes them
+    culprits: set[int] = field(default_factory=set)  # the ids of the new encodings of those
+    distinct_words: int = 0  # words checked one by one
+    whole_documents: int = 0  # documents encoded whole with both tokenizers
+
+
+class WordCheck:
+    """The base side of the check, done once; `run` counts and checks one extended tokenizer against it."""
+
+    def __init__(self, base: Tokenizer, tok_json: dict, corpora: dict[str, tuple[list[str], CorpusWords]]) -> None:
+        """Rebuild the text of every distinct word of the corpora and prove it with the base model.
+
+        Args:
+            base: the base tokenizer.
+            tok_json: its parsed tokenizer.json.
+            corpora: name -> (documents, their CorpusWords from count_corpus).
+        """
+        from tokenizers import Tokenizer
+
+        self.base, self.corpora = untruncated(base), corpora
+        self.unmergeable = frozenset(unmergeable_ids(tok_json).tolist())
+        model = tok_json["model"]
+        self.prefix = (model.get("continuing_subword_prefix") or "##") if model["type"] == "WordPiece" else ""
+        strings = id_to_token(tok_json)
+        self.strings = [strings.get(i, "") for i in range(max(strings, default=-1) + 1)]
+        index: dict[str, int] = {}
+        self.texts: list[str] = []  # distinct words of all corpora
+        self.base_ids: list[list[int]] = []
+        self.where: dict[str, np.ndarray] = {}  # corpus -> int64 [W_c] position of each of its words in texts
+        for name, (_, counted) in corpora.items():
+            table = counted.words
+            ids, bounds = table.ids.tolist(), table.offsets.tolist()
+            where = []
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                word = ids[a:b]
+                text = self._join(word)
+                k = index.setdefault(text, len(self.texts))
+                if k == len(self.texts):
+                    self.texts.append(text)
+                    self.base_ids.append(word)
+                where.append(k)
+            self.where[name] = np.array(where, np.int64)
+        again = Tokenizer(base.model).encode_batch(self.texts, add_special_tokens=False)
+        self.faithful = np.array([e.ids == ids for e, ids in zip(again, self.base_ids)], bool)  # [W]
+        self.by_document = {name for name in corpora if not separable_decoder(tok_json.get("decoder"))
+                            or not self.faithful[self.where[name]].all()}
+        first = np.flatnonzero(self.faithful)
+        self.context = self.base_ids[first[0]] if len(first) else []  # a word to put before another
+
+    def run(self, new: Tokenizer, check: bool) -> Checked:
+        """Count the tokens of base and new on every corpus and, with check, find what breaks G2 or G3.
+
+        Args:
+            new: the extended tokenizer (its truncation and padding are ignored).
+            check: also check G2 and G3 (otherwise only count).
+
+        Returns:
+            The Checked counts and offences.
+        """
+        from tokenizers import Tokenizer
+
+        result = Checked()
+        same_words = new.get_added_tokens_decoder() == self.base.get_added_tokens_decoder()
+        by_document = self.by_document if same_words else set(self.corpora)
+        new_len = np.zeros(len(self.texts), np.int64)  # [W]
+        if len(by_document) < len(self.corpora):
+            fresh = [e.ids for e in Tokenizer(new.model).encode_batch(self.texts, add_special_tokens=False)]
+            new_len = np.fromiter(map(len, fresh), np.int64, len(fresh))
+            if check:
+                self._check_words(new, fresh, result)
+            result.distinct_words = int(self.faithful.sum())
+        plain_new = untruncated(new)
+        for name, (texts, counted) in self.corpora.items():
+            if name in by_document:
+                result.counts[name] = (counted.n_tokens, self._check_documents(plain_new, texts, check, result))
+                continue
+            whole = [texts[i] for i in counted.whole_docs.tolist()]
+            word_new = int(np.dot(counted.words.counts, new_len[self.where[name]]))
+            result.counts[name] = (counted.n_tokens, word_new + self._check_documents(plain_new, whole, check, result))
+        return result
+
+    def _join(self, ids: list[int], strings: list[str] | None = None, new: Tokenizer | None = None) -> str:
+        """The text a model read to give `ids` (WordPiece continuations lose their prefix)."""
+        table = strings or self.strings
+        pieces = [table[i] if i < len(table) else new.id_to_token(i) for i in ids]  # type: ignore[union-attr]
+        if self.prefix:  # WordPiece: only the first piece is word-initial; "\0" marks one that breaks this
+            pieces[1:] = [p[len(self.prefix):] if p.startswith(self.prefix) else "\0" + p for p in pieces[1:]]
+        return "".join(pieces)
+
+    def _check_words(self, new: Tokenizer, fresh: list[list[int]], result: Checked) -> None:
+        pending = []  # words whose new ids differ but pass the length and text rules: decode them
+        for k in np.flatnonzero(self.faithful).tolist():
+            old, ids = self.base_ids[k], fresh[k]
+            if ids == old:
+                continue
+            if len(ids) > len(old) or self.unmergeable.intersection(ids) or \
+                    self._join(ids, new=new) != self.texts[k]:
+                self._offence(result, self.base.decode(old, skip_special_tokens=False), ids)
+            else:
+                pending.append(k)
+        for_base = [self.base_ids[k] for k in pending] + [self.context + self.base_ids[k] for k in pending]
+        for_new = [fresh[k] for k in pending] + [self.context + fresh[k] for k in pending]
+        old_text = self.base.decode_batch(for_base, skip_special_tokens=False)
+        new_text = new.decode_batch(for_new, skip_special_tokens=False)
+        n = len(pending)
+        for i, k in enumerate(pending):
+            if old_text[i] != new_text[i] or old_text[n + i] != new_text[n + i]:
+                self._offence(result, old_text[i], fresh[k])
+
+    def _check_documents(self, new: Tokenizer, texts: list[str], check: bool, result: Checked) -> int:
+        """New tokens of documents encoded whole; with check, record those that break G2 or G3."""
+        n_new = 0
+        for start in range(0, len(texts), _ENCODE_BATCH):
+            batch = texts[start:start + _ENCODE_BATCH]
+            fresh = [e.ids for e in new.encode_batch(batch, add_special_tokens=False)]
+            n_new += sum(map(len, fresh))
+            if check:
+                old = [e.ids for e in self.base.encode_batch(batch, add_special_tokens=False)]
+                old_text = self.base.decode_batch(old, skip_special_tokens=False)
+                new_text = new.decode_batch(fresh, skip_special_tokens=False)
+                for text, a, b, x, y in zip(batch, old, fresh, old_text, new_text):
+                    if len(b) > len(a) or x != y:
+                        self._offence(result, text, b)
+        result.whole_documents += len(texts)
+        return n_new
+
+    @staticmethod
+    def _offence(result: Checked, text: str, new_ids: list[int]) -> None:
+        result.offending.append(text)
+        result.culprits.update(new_ids)
