@@ -80,6 +80,7 @@ def sequence_nll(model: Any, sequences: Sequence[Sequence[int]], *, bos_id: int,
     Raises:
         ValueError: bos_id is not a row of the model's head (or a row its vocab_mask excludes).
     """
+    import numpy as np
     import torch
 
     from .model import causal_lm_parts
@@ -103,7 +104,7 @@ def sequence_nll(model: Any, sequences: Sequence[Sequence[int]], *, bos_id: int,
             targets = torch.full((len(batch), width), -100, dtype=torch.long)  # [B, T]
             attention = torch.zeros((len(batch), width), dtype=torch.long)  # [B, T]
             for row, index in enumerate(batch):
-                seq = torch.as_tensor(sequences[index], dtype=torch.long)
+                seq = torch.tensor(np.asarray(sequences[index], dtype=np.int64))  # copies a read-only memmap
                 inputs[row, 1: len(seq) + 1] = seq
                 targets[row, : len(seq)] = seq
                 attention[row, : len(seq) + 1] = 1
