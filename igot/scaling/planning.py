@@ -9,6 +9,7 @@ continuous range of tokens per parameter T/N from 1e-3 to 1e6.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +101,7 @@ def plan(fit: LawFit, compute: float, n_domains: int = 1, N: float | None = None
         ValueError: compute not a positive number, n_domains < 1, both N and sizes given, a size <= 0.
         ImportError: scipy is missing.
     """
-    if not (isinstance(compute, (int, float)) and math.isfinite(compute) and compute > 0):
+    if not (isinstance(compute, numbers.Real) and math.isfinite(compute) and compute > 0):
         raise ValueError(f"compute={compute!r}: give the budget in FLOPs as a positive number, e.g. 1e20")
     if int(n_domains) != n_domains or n_domains < 1:
         raise ValueError(f"n_domains={n_domains!r}: use a whole number >= 1")
