@@ -8,18 +8,20 @@ Unicode mixed with domain words (so the new merges fire) and over whole held-out
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from igot import data
-from igot._vocab_models import WORDPIECE_POOL
+from igot._vocab_check import Checked, WordCheck, count_corpus
+from igot._vocab_models import WORDPIECE_POOL, unmergeable_ids
 from igot.vocab import ExtendedTokenizer, apply_selection, extend_tokenizer
 
 KINDS = ("smollm2", "gpt2", "mistral", "bert", "unigram", "wordpiece")
@@ -236,6 +238,127 @@ def test_g2_g3_whole_heldout_corpora(extended, kind):
         # the whole GO held-out split (6.9k docs) for the shipped default, a 2k-doc slice for the others
         base, new = assert_g2_g3(ext, texts if name == "hpo" or kind == "smollm2" else texts[:2000])
         assert new < base  # learnt on HPO train, the entries also shorten unseen domain text
+
+
+# ------------------------------------------------------------------------------------ word-level counts and check
+
+
+def word_check(base: Tokenizer, new: Tokenizer, corpora: dict[str, list[str]], tok_json: dict | None = None
+               ) -> Checked:
+    """What extend_tokenizer's verification finds: counts and offences from the word-level check."""
+    tok_json = tok_json or json.loads(base.to_str())
+    counted = {name: (texts, count_corpus(base, texts, unmergeable_ids(tok_json), False))
+               for name, texts in corpora.items()}
+    return WordCheck(base, tok_json, counted).run(new, check=True)
+
+
+def document_tokens(tok: Tokenizer, texts: list[str]) -> int:
+    return sum(len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False))
+
+
+EDGE_DOCS = ["", "\x00", "naïve 😀 [CLS] <|endoftext|> </s> <unk> ∑ 中文 ﬁ Ⅻ", "x" * 300, "\n\n", "İß e\u0301"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_word_level_counts_equal_whole_document_encodes(extended, kind):
+    ext = extended[kind]
+    corpora = {"hpo": data.load_corpus("hpo", "heldout")[:1500], "go": data.load_corpus("go", "heldout")[:500],
+               "general": data.load_corpus("sotu", "heldout")[:3] + data.load_corpus("moby_dick", "heldout")[:2],
+               "code": data.load_corpus("pystdlib", "heldout")[:3], "edge": EDGE_DOCS}
+    checked = word_check(ext.base, ext.tokenizer, corpora)
+    assert checked.offending == []
+    assert_g2_g3(ext, [t for texts in corpora.values() for t in texts])  # the documents agree
+    for name, texts in corpora.items():
+        assert checked.counts[name] == (document_tokens(ext.base, texts), document_tokens(ext.tokenizer, texts))
+    assert checked.counts["hpo"][1] < checked.counts["hpo"][0]
+    n_docs = sum(map(len, corpora.values()))
+    assert checked.distinct_words > 5000 and checked.whole_documents < n_docs // 20  # really word by word
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_word_level_counts_equal_whole_document_encodes_on_random_text(extended, domain_docs, kind):
+    ext = extended[kind]
+    words, tok_json = _domain_words(ext, domain_docs), json.loads(ext.base.to_str())
+
+    @settings(deadline=None, max_examples=40)
+    @given(st.lists(mixed_text(words), min_size=1, max_size=5))
+    def check(docs):
+        assume(document_tokens(ext.base, docs) > 0)
+        checked = word_check(ext.base, ext.tokenizer, {"docs": docs}, tok_json)
+        assert checked.offending == []
+        assert checked.counts["docs"] == (document_tokens(ext.base, docs), document_tokens(ext.tokenizer, docs))
+
+    check()
+
+
+def _metaspace_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], split: bool = True) -> Tokenizer:
+    tok = Tokenizer(models.BPE(vocab, merges))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=split)
+    tok.decoder = decoders.Metaspace(prepend_scheme="first", split=split)
+    return tok
+
+
+def _wordpiece(vocab: list[str]) -> Tokenizer:
+    tok = Tokenizer(models.WordPiece({p: i for i, p in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(cleanup=True)
+    return tok
+
+
+def broken_extensions() -> dict[str, tuple[Tokenizer, Tokenizer, list[str]]]:
+    """(base, a bad "extension", its words): each breaks G2 or G3 on some text, as a faulty writer could."""
+    bpe = {"▁": 0, "a": 1, "b": 2, "c": 3, "▁a": 4, "▁ab": 5, "▁abc": 6, "bc": 7}
+    base_merges = [("▁", "a"), ("▁a", "b"), ("▁ab", "c")]
+    spaced = {"▁": 0, "a": 1, "b": 2, "▁a": 3, "▁b": 4, "▁a▁b": 5}
+    pieces = ["[UNK]", "x", "n", "##'", "##t", "##'t"]
+    bert = Tokenizer.from_file(str(data.tokenizer_path("bert")))
+    naive = json.loads(bert.to_str())
+    naive["model"]["vocab"]["activates"] = bert.get_vocab_size()
+    return {
+        # a new merge ranked before the base merges: "abc" becomes [▁a, bc] instead of [▁abc] (G3)
+        "bpe_merge_first": (_metaspace_bpe(bpe, base_merges), _metaspace_bpe(bpe, [("b", "c")] + base_merges),
+                            ["abc", "bc", "a", "ab", "c"]),
+        # SentencePiece without splitting: the Metaspace decoder drops every ▁ of the first token, so a new
+        # "▁a▁b" decodes "a b" as "ab" at the start of a document only (G2)
+        "metaspace_first_token": (_metaspace_bpe(spaced, [("▁", "a"), ("▁", "b")], split=False),
+                                  _metaspace_bpe(spaced, [("▁", "a"), ("▁", "b"), ("▁a", "▁b")], split=False),
+                                  ["a", "b"]),
+        # the WordPiece decoder's cleanup: a new word-initial "n't" glues itself to the word before (G2)
+        "wordpiece_cleanup": (_wordpiece(pieces), _wordpiece(pieces + ["n't"]), ["x", "n't", "t"]),
+        # greedy longest match is not monotone: "activatescribe" -> [activates, ##cr, ##ibe] (G3)
+        "wordpiece_greedy": (bert, Tokenizer.from_str(json.dumps(naive)), ["activatescribe", "the", "activate"]),
+    }
+
+
+def _breaks(base: Tokenizer, new: Tokenizer, text: str) -> bool:
+    a, b = (t.encode(text, add_special_tokens=False).ids for t in (base, new))
+    return len(b) > len(a) or base.decode(a, skip_special_tokens=False) != new.decode(b, skip_special_tokens=False)
+
+
+@pytest.mark.parametrize("name", ["bpe_merge_first", "metaspace_first_token", "wordpiece_cleanup",
+                                  "wordpiece_greedy"])
+def test_word_level_check_finds_every_broken_document(name):
+    base, new, words = broken_extensions()[name]
+    docs = [" ".join(combo) for n in (1, 2, 3) for combo in itertools.product(words, repeat=n)]
+    broken = [doc for doc in docs if _breaks(base, new, doc)]
+    assert broken  # the bad extension really breaks documents
+    for doc in broken:  # never misses: a document that breaks G2/G3 holds a word the check flags
+        assert word_check(base, new, {"doc": [doc]}).offending, doc
+    checked = word_check(base, new, {"docs": docs})
+    assert checked.offending and checked.culprits
+    for text in checked.offending:  # and what it flags is real: that word breaks a text on its own
+        assert _breaks(base, new, text) or _breaks(base, new, f"{words[0]} {text}"), text
+
+
+def test_a_decoder_that_is_not_word_separable_is_checked_document_by_document(extended):
+    ext = extended["gpt2"]
+    base, new = (Tokenizer.from_str(t.to_str()) for t in (ext.base, ext.tokenizer))
+    for tok in (base, new):
+        tok.decoder = decoders.CTC()  # merges equal neighbouring tokens, across words too
+    docs = data.load_corpus("hpo", "heldout")[:300]
+    checked = word_check(base, new, {"docs": docs})
+    assert checked.whole_documents == len(docs) and checked.distinct_words == 0
+    assert checked.counts["docs"] == (document_tokens(base, docs), document_tokens(new, docs))
 
 
 # ------------------------------------------------------------------------------------ G4: loading
