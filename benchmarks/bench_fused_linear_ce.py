@@ -3,9 +3,11 @@
 (chunked) and Liger-Kernel's LigerFusedLinearCrossEntropyLoss, all measured in the same run.
 
 Usage:
-  python benchmarks/bench_fused_linear_ce.py [--quick] [--tokens N]   CPU: igot's torch twin, float32,
-      SmolLM2's head (H=576, V=49,152 + 2,000 new tokens padded to 64) and a 262k vocabulary (H=640).
-      Each (variant, shape) runs in a fresh subprocess; peak memory = ru_maxrss growth after the inputs.
+  python benchmarks/bench_fused_linear_ce.py [--quick] [--tokens N] [--twin-rows R ...]   CPU: igot's torch
+      twin, float32, SmolLM2's head (H=576, V=49,152 + 2,000 new tokens padded to 64) and a 262k vocabulary
+      (H=640). Each (variant, shape) runs in a fresh subprocess; peak memory = growth of the resident set's
+      high-water mark (VmHWM) over the inputs, reset after they are built (/proc/self/clear_refs).
+      --twin-rows adds the twin with R rows per chunk (the sweep behind its chunk constants).
   python benchmarks/bench_fused_linear_ce.py --gpu [--quick]   CUDA, bfloat16, H=4096, V=128k/256k,
       N=8k/32k; time = triton.testing.do_bench median; memory = torch.cuda.max_memory_allocated (inputs
       included, as Liger-Kernel reports it).
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,9 @@ def setup(n_tokens: int, n_vocab: int, n_hidden: int, dtype: torch.dtype, device
     10% ignored."""
     gen = torch.Generator(device=device).manual_seed(seed)
     hidden = torch.randn(n_tokens, n_hidden, generator=gen, device=device, dtype=dtype).requires_grad_()
-    weight = (torch.randn(n_vocab, n_hidden, generator=gen, device=device, dtype=dtype) / n_hidden**0.5).requires_grad_()
+    # scaled in place: a temporary weight, once freed, would leave a weight-sized hole under the CPU
+    # high-water mark that the variants then fill without raising it
+    weight = torch.randn(n_vocab, n_hidden, generator=gen, device=device, dtype=dtype).div_(n_hidden**0.5).requires_grad_()
     shape = (n_tokens,) if k == 1 else (n_tokens, k)
     targets = torch.randint(0, n_vocab, shape, generator=gen, device=device)
     targets[torch.rand(shape, generator=gen, device=device) < 0.1] = -100
@@ -58,9 +61,26 @@ def _igot(inputs: dict) -> torch.Tensor:
     return fused_linear_cross_entropy(inputs["hidden"], inputs["weight"], inputs["targets"])
 
 
+# torch's chunked path on a CPU: its default options pick 32-row chunks at SmolLM2's shape (aspect_ratio:2),
+# about 10x slower than 512-row ones, so the CPU table runs it with batch_chunk_size=512.
+TORCH_CPU_CHUNK_ROWS = 512
+
+
 def _torch_chunked(inputs: dict) -> torch.Tensor:
-    return F.linear_cross_entropy(inputs["hidden"], inputs["weight"], inputs["targets"],
-                                  options=torch.nn.LinearCrossEntropyOptions())
+    hidden = inputs["hidden"]
+    options = torch.nn.LinearCrossEntropyOptions(
+        batch_chunk_size=None if hidden.is_cuda else TORCH_CPU_CHUNK_ROWS)
+    return F.linear_cross_entropy(hidden, inputs["weight"], inputs["targets"], options=options)
+
+
+def _igot_twin_rows(rows: int):  # type: ignore[no-untyped-def]
+    """igot's twin with `rows` rows per chunk instead of its default (the chunk-size sweep)."""
+    import igot.ops.fused_linear_ce as twin_module
+
+    def run(inputs: dict) -> torch.Tensor:
+        twin_module._twin_chunk_rows = lambda n_rows, n_vocab: rows
+        return _igot(inputs)
+    return run
 
 
 def _liger(accum_dtype: torch.dtype | None):  # type: ignore[no-untyped-def]
@@ -70,12 +90,17 @@ def _liger(accum_dtype: torch.dtype | None):  # type: ignore[no-untyped-def]
     return lambda inputs: loss_fn(inputs["weight"], inputs["hidden"], inputs["targets"])
 
 
-def variants(gpu: bool) -> dict:
+TORCH_CHUNKED = "torch F.linear_cross_entropy (chunked)"
+
+
+def variants(gpu: bool, twin_rows: list[int] | tuple[int, ...] = ()) -> dict:
     """name -> fn(inputs) -> scalar loss; the first is the baseline, the second igot."""
     found = {"naive torch (logits + F.cross_entropy)": _naive,
              "igot Triton" if gpu else "igot torch twin": _igot}
     if hasattr(F, "linear_cross_entropy") and hasattr(torch.nn, "LinearCrossEntropyOptions"):
-        found["torch F.linear_cross_entropy (chunked)"] = _torch_chunked
+        found[TORCH_CHUNKED if gpu else f"{TORCH_CHUNKED[:-1]}, batch_chunk_size={TORCH_CPU_CHUNK_ROWS})"] = _torch_chunked
+    for rows in twin_rows:
+        found[f"igot torch twin, {rows} rows per chunk"] = _igot_twin_rows(rows)
     if gpu:
         try:
             found["Liger FLCE (bf16 grad_W)"] = _liger(None)
@@ -91,42 +116,72 @@ def _fwd_bwd(fn, inputs: dict) -> None:  # type: ignore[no-untyped-def]
     fn(inputs).backward()
 
 
-# ---- CPU: one subprocess per (variant, shape) so that ru_maxrss measures that variant alone ----
+# ---- CPU: one subprocess per (variant, shape) so that the high-water mark measures that variant alone ----
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
 
 def _cpu_child(name: str, n: int, v: int, h: int, repeats: int) -> None:
     inputs = setup(n, v, h, torch.float32, "cpu")
-    fn = variants(gpu=False)[name]
-    base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn = variants(gpu=False, twin_rows=_rows_in(name))[name]
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # reset VmHWM to the current resident set: setup's peak is not counted
+    base_kib = _status_kib("VmRSS")
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         _fwd_bwd(fn, inputs)
         times.append(time.perf_counter() - start)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kib
+    peak_kib = _status_kib("VmHWM") - base_kib
     print(json.dumps({"s": statistics.median(times), "peak_mib": peak_kib / 1024}))
+
+
+def _rows_in(name: str) -> list[int]:
+    """The chunk rows of a sweep variant's name ("igot torch twin, 256 rows per chunk"), else []."""
+    return [int(name.split(", ")[1].split()[0])] if name.endswith("rows per chunk") else []
 
 
 def _cpu_main(args: argparse.Namespace) -> None:
     n = args.tokens or (512 if args.quick else 4096)
     repeats = args.repeats or (1 if args.quick else 3)
     shapes = [("SmolLM2 + 2k new tokens", 576, _pad(49_152 + 2_000, 64)), ("262k vocabulary", 640, 262_144)]
-    names = [name for name in variants(gpu=False) if not args.variants or any(v in name for v in args.variants)]
-    print(f"CPU float32, N={n} tokens, fwd+bwd, median of {repeats}; peak = RSS growth over the inputs\n")
-    print("| shape | H | V | variant | median s | peak MiB | time ratio naive/this | memory ratio naive/this |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|")
+    if args.shapes:
+        shapes = [shape for shape in shapes if any(word in shape[0] for word in args.shapes)]
+    found = variants(gpu=False, twin_rows=args.twin_rows)
+    names = [name for name in found if not args.variants or any(v in name for v in args.variants)]
+    naive = next((name for name in names if name.startswith("naive")), None)
+    chunked = next((name for name in names if name.startswith(TORCH_CHUNKED[:-1])), None)
+    print(f"CPU float32, N={n} tokens, fwd+bwd, median of {repeats}; peak = growth of VmHWM over the inputs "
+          f"(reset after setup); torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print("| shape | H | V | variant | median s | peak MiB | time naive/this | memory naive/this | "
+          "time chunked/this | memory chunked/this |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for label, h, v in shapes:
         rows = {}
         for name in names:
             cmd = [sys.executable, __file__, "--cpu-child", name, str(n), str(v), str(h), str(repeats)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             rows[name] = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
-        base = rows[names[0]]
+            if done.returncode != 0:
+                print(done.stderr[-2000:], file=sys.stderr)
         for name, row in rows.items():
             if row is None:
-                print(f"| {label} | {h} | {v} | {name} | failed | | | |")
+                print(f"| {label} | {h} | {v} | {name} | failed | | | | | |")
                 continue
+            ratios = [_ratio(rows.get(base), row, key, digits) for base in (naive, chunked)
+                      for key, digits in (("s", 2), ("peak_mib", 1))]
             print(f"| {label} | {h} | {v} | {name} | {row['s']:.2f} | {row['peak_mib']:.0f} | "
-                  f"{base['s'] / row['s']:.2f}x | {base['peak_mib'] / max(row['peak_mib'], 1):.1f}x |", flush=True)
+                  + " | ".join(ratios) + " |", flush=True)
+
+
+def _ratio(base: dict | None, row: dict, key: str, digits: int) -> str:
+    return "" if base is None else f"{base[key] / max(row[key], 1e-9):.{digits}f}x"
 
 
 def _pad(n: int, multiple: int) -> int:
@@ -235,6 +290,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="CPU: timed runs per variant (default 3)")
     parser.add_argument("--variants", nargs="*", default=None,
                         help="CPU: only variants whose name contains one of these words (keep 'naive': it is the baseline)")
+    parser.add_argument("--shapes", nargs="*", default=None, help="CPU: only shapes whose label has one of these words")
+    parser.add_argument("--twin-rows", nargs="*", type=int, default=[],
+                        help="CPU: add the twin with this many rows per chunk (sweep)")
     args = parser.parse_args()
     print(f"`python benchmarks/bench_fused_linear_ce.py {' '.join(sys.argv[1:])}`\n")
     if args.gpu:

@@ -22,13 +22,13 @@ _REDUCTIONS = ("mean", "sum", "none")
 # unlike −inf, a block made only of excluded rows still has a finite maximum (no inf − inf = NaN).
 MASKED_LOGIT = -1e30
 
-# The twin's one [chunk, V] buffer holds about this many logits (2**24: 64 MiB in fp32), and a chunk
-# has at least _TWIN_MIN_CHUNK_ROWS rows: each chunk reads and writes the whole fp32 grad_W once
-# (8·V·H bytes against 2·C·V·H flops of its matmul), so short chunks turn that matmul memory-bound
-# (a 64-row chunk at V = 262k spends more time moving grad_W than multiplying). Sweep on the 2-core
-# box, N = 4,096, H = 576, V = 51,200, fwd+bwd, see benchmarks/RESULTS.md.
+# The twin's one [chunk, V] buffer holds at least _TWIN_CHUNK_ELEMENTS logits (64 MiB in fp32) and at
+# least _TWIN_MIN_CHUNK_ROWS rows: every chunk reads and writes the whole fp32 grad_W once (8·V·H bytes
+# against 2·C·V·H flops of its matmul), so short chunks cost grad_W traffic. At SmolLM2's shape
+# (N = 4,096, H = 576, V = 51,200, fwd+bwd, 2-core box) 256 / 512 / 1,024 rows took 8.7 / 8.0 / 7.6
+# CPU-seconds (torch's chunked function at 512 rows: 7.9-9.3); 512 rows is torch's buffer size.
 _TWIN_CHUNK_ELEMENTS = 1 << 24
-_TWIN_MIN_CHUNK_ROWS = 256
+_TWIN_MIN_CHUNK_ROWS = 512
 
 
 def fused_linear_cross_entropy(
