@@ -19,10 +19,11 @@ using IdArray = py::array_t<uint32_t, py::array::c_style>;
 using FlagArray = py::array_t<bool, py::array::c_style>;
 using OffsetArray = py::array_t<int64_t, py::array::c_style>;
 
-template <class T>
-py::array_t<T> to_numpy(std::vector<T>&& values) {
-    auto* owned = new std::vector<T>(std::move(values));
-    py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+template <class T, class Allocator>
+py::array_t<T> to_numpy(std::vector<T, Allocator>&& values) {
+    using Vector = std::vector<T, Allocator>;
+    auto* owned = new Vector(std::move(values));
+    py::capsule owner(owned, [](void* p) { delete static_cast<Vector*>(p); });
     return py::array_t<T>({static_cast<py::ssize_t>(owned->size())}, owned->data(), owner);
 }
 
@@ -61,8 +62,9 @@ size_t entries_of(const OffsetArray& offsets) {
 
 py::tuple to_python(igot::Table&& t) {
     const uint64_t passes = t.passes, peak = t.peak_table_bytes;
+    const std::string strategy = t.strategy;
     return py::make_tuple(to_numpy(std::move(t.offsets)), to_numpy(std::move(t.ids)), to_numpy(std::move(t.counts)),
-                          passes, peak);
+                          passes, peak, strategy);
 }
 
 py::tuple count_ngrams(const IdArray& ids, const FlagArray& word_starts, const FlagArray& doc_starts, int max_n,
@@ -123,18 +125,18 @@ PYBIND11_MODULE(_core, m) {
 
     m.def("count_ngrams", &count_ngrams,
           "Count the n-grams (2 <= n <= max_n) inside segments of ids; empty flag arrays mean no boundaries.\n"
-          "Returns (offsets int64 [n+1], ids uint32, counts int64 [n], passes, peak_table_bytes).",
+          "Returns (offsets int64 [n+1], ids uint32, counts int64 [n], passes, peak_table_bytes, strategy).",
           py::arg("ids").noconvert(), py::arg("word_starts").noconvert(), py::arg("doc_starts").noconvert(),
           py::arg("max_n"), py::arg("min_count"), py::arg("threads"), py::arg("cross_words"),
           py::arg("memory_budget"));
     m.def("count_words", &count_words,
           "Count the distinct pre-tokens of ids (runs from one word or document start to the next).\n"
-          "Returns (offsets int64 [W+1], ids uint32, counts int64 [W], passes, peak_table_bytes).",
+          "Returns (offsets int64 [W+1], ids uint32, counts int64 [W], passes, peak_table_bytes, strategy).",
           py::arg("ids").noconvert(), py::arg("word_starts").noconvert(), py::arg("doc_starts").noconvert(),
           py::arg("threads"));
     m.def("merge_tables", &merge_tables,
           "Sum the counts of equal keys of a concatenated CSR table and keep sums >= min_count, sorted.\n"
-          "Returns (offsets, ids, counts, passes, peak_table_bytes).",
+          "Returns (offsets, ids, counts, passes, peak_table_bytes, strategy).",
           py::arg("offsets").noconvert(), py::arg("ids").noconvert(), py::arg("counts").noconvert(),
           py::arg("min_count"), py::arg("threads"));
     m.def("lookup_ngrams", &lookup_ngrams,

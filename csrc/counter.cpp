@@ -1,7 +1,10 @@
 // igot's counting core; the design is described in counter.h.
 #include "counter.h"
 
+
 #include <algorithm>
+#include <cstdlib>
+#include <new>
 #include <atomic>
 #include <cstring>
 #include <exception>
@@ -10,7 +13,33 @@
 #include <string>
 #include <thread>
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 namespace igot {
+
+constexpr size_t kHugePage = size_t(1) << 21;
+
+void* big_allocate(size_t bytes) {
+    if (bytes < kHugePage) return ::operator new(bytes);
+    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    void* p = std::aligned_alloc(kHugePage, rounded);
+    if (p == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without huge pages the memory works the same
+#endif
+    return p;
+}
+
+void big_deallocate(void* p, size_t bytes) noexcept {
+    if (bytes < kHugePage) {
+        ::operator delete(p);
+    } else {
+        std::free(p);
+    }
+}
+
 namespace {
 
 // ---------------------------------------------------------------------------------------------
@@ -62,6 +91,13 @@ inline bool same_ids(const uint32_t* a, const uint32_t* b, uint32_t length) {
         if (a[k] != b[k]) return false;
     }
     return true;
+}
+
+// Tables index a slot by the hash's top log2(capacity) bits (capacity a power of 2): the shift.
+inline int index_shift(size_t capacity) {
+    int bits = 0;
+    while ((size_t(1) << bits) < capacity) ++bits;
+    return 64 - bits;
 }
 
 struct Slot {
@@ -172,9 +208,7 @@ public:
 
 private:
     void set_shape(size_t cap) {
-        int bits = 0;
-        while ((size_t(1) << bits) < cap) ++bits;
-        shift_ = 64 - bits;
+        shift_ = index_shift(cap);
         mask_ = cap - 1;
     }
 
@@ -512,28 +546,25 @@ void check_stream(const Stream& s) {
     }
 }
 
-// N-grams of min_n <= n <= max_n starting in [begin, end) inside one segment (segments end at a
-// document start and, unless cross_words, at a word start).
-class NgramScan {
+// The n-gram starts of a stream: for every position i in [begin, end), calls fn(i, limit) with limit =
+// min(max_n, tokens from i to the end of its segment) when that is >= min_n (segments end at a document
+// start and, unless cross_words, at a word start).
+class NgramStarts {
 public:
-    NgramScan(const Stream& s, int min_n, int max_n, bool cross_words)
+    NgramStarts(const Stream& s, int min_n, int max_n, bool cross_words)
         : s_(s), word_(cross_words ? nullptr : s.word_starts), min_n_(min_n), max_n_(max_n) {}
 
-    template <class Emit>
-    void operator()(size_t begin, size_t end, Emit& emit) const {
-        const uint32_t* ids = s_.ids;
+    template <class Fn>
+    void operator()(size_t begin, size_t end, Fn&& fn) const {
         size_t seg_end = next_boundary(begin + 1);
         for (size_t i = begin; i < end; ++i) {
             if (i == seg_end) seg_end = next_boundary(i + 1);
             const size_t limit = std::min<size_t>(max_n_, seg_end - i);
-            if (limit < static_cast<size_t>(min_n_)) continue;
-            uint64_t state = kSeed;
-            for (size_t n = 1; n <= limit; ++n) {
-                state = hash_step(state, ids[i + n - 1]);
-                if (n >= static_cast<size_t>(min_n_)) emit(hash_finish(state, n), make_ref(i, n), int64_t(1));
-            }
+            if (limit >= static_cast<size_t>(min_n_)) fn(i, limit);
         }
     }
+
+    int min_n() const { return min_n_; }
 
 private:
     size_t next_boundary(size_t j) const {
@@ -544,6 +575,10 @@ private:
             while (j < s_.size && !(doc[j] | word[j])) ++j;
         } else {
             const bool* flags = doc != nullptr ? doc : word;
+            // Most segments are a few tokens long: look at the next bytes before paying for a memchr call.
+            for (const size_t stop = std::min(s_.size, j + 16); j < stop; ++j) {
+                if (flags[j]) return j;
+            }
             const void* hit = j < s_.size ? std::memchr(flags + j, 1, s_.size - j) : nullptr;
             j = hit ? static_cast<size_t>(static_cast<const bool*>(hit) - flags) : s_.size;
         }
@@ -553,6 +588,29 @@ private:
     const Stream& s_;
     const bool* word_;
     int min_n_, max_n_;
+};
+
+// N-grams of min_n <= n <= max_n starting in [begin, end), as (hash, ref) keys.
+class NgramScan {
+public:
+    NgramScan(const Stream& s, int min_n, int max_n, bool cross_words)
+        : ids_(s.ids), starts_(s, min_n, max_n, cross_words) {}
+
+    template <class Emit>
+    void operator()(size_t begin, size_t end, Emit& emit) const {
+        const size_t min_n = static_cast<size_t>(starts_.min_n());
+        starts_(begin, end, [&](size_t i, size_t limit) {
+            uint64_t state = kSeed;
+            for (size_t n = 1; n <= limit; ++n) {
+                state = hash_step(state, ids_[i + n - 1]);
+                if (n >= min_n) emit(hash_finish(state, n), make_ref(i, n), int64_t(1));
+            }
+        });
+    }
+
+private:
+    const uint32_t* ids_;
+    NgramStarts starts_;
 };
 
 // Pre-tokens starting in [begin, end).
@@ -619,6 +677,654 @@ void check_csr(const int64_t* offsets, size_t n, size_t n_ids) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Packed-key n-gram counting: count_ngrams when max_n * bit_width(max_id + 1) <= 128.
+//
+// An n-gram is its own key: the slots id_0 + 1, ..., id_{n-1} + 1 packed most significant first into
+// the top max_n * id_bits bits of a 64- or 128-bit integer, zeros after the last id. Equal keys are
+// equal n-grams and integer order is lexicographic order with a prefix first, so no key refers back
+// to the stream and sorting keys sorts n-grams. A key is never 0 (an empty table slot).
+//
+// 1. Direct: each worker counts the keys of its chunk into its own hash table. While every table
+//    stays under kDirectSlots slots that is the whole count (real text inside words: few distinct
+//    n-grams, tables in cache).
+// 2. Partitioned, once a table outgrows that (most n-grams distinct): a table that large misses the
+//    cache on every key, so the keys are radix-partitioned instead. A first scan takes the histogram
+//    of the keys' top kBucketBits bits (their prefix); consecutive buckets form partitions of about
+//    kPartitionKeys occurrences; a second scan writes each occurrence's key into its partition's slice
+//    of one buffer; each partition is then counted in a cache-sized table and its distinct keys are
+//    sorted. Partitions are prefix ranges, so their concatenation is in lexicographic order. Under a
+//    memory budget (or past kPassBytes) the partitions are split into passes whose buffer and tables
+//    fit; each pass scans the stream again and keeps only its own partitions' keys, so counts are exact.
+// 3. The lexicographically sorted (key, count) list is bucket-sorted by count, descending and stably,
+//    and unpacked into the CSR table.
+
+using u128 = __uint128_t;
+
+inline uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+inline uint64_t key_hash(uint64_t key) { return mix64(key); }
+inline uint64_t key_hash(u128 key) {
+    return mix64(static_cast<uint64_t>(key) ^ mix64(static_cast<uint64_t>(key >> 64)));
+}
+inline int lowest_bit(uint64_t key) { return __builtin_ctzll(key); }
+inline int lowest_bit(u128 key) {
+    const uint64_t low = static_cast<uint64_t>(key);
+    return low != 0 ? __builtin_ctzll(low) : 64 + __builtin_ctzll(static_cast<uint64_t>(key >> 64));
+}
+
+constexpr int kBucketBits = 16;  // prefix bits that choose a key's partition (fewer under a tight budget)
+
+struct Packing {
+    int id_bits;                     // bits of one slot (id + 1)
+    int used_bits;                   // max_n * id_bits <= the key's width
+    int bucket_bits = kBucketBits;   // a key's bucket is its top bucket_bits bits (of used_bits)
+
+    template <class K>
+    uint32_t bucket(K key) const {
+        return used_bits >= bucket_bits ? static_cast<uint32_t>(key >> (used_bits - bucket_bits))
+                                        : static_cast<uint32_t>(key << (bucket_bits - used_bits));
+    }
+    template <class K>
+    uint32_t length(K key) const {
+        return static_cast<uint32_t>((used_bits - 1 - lowest_bit(key)) / id_bits + 1);
+    }
+    template <class K>
+    void unpack(K key, uint32_t length, uint32_t* out) const {
+        const K mask = (K(1) << id_bits) - 1;
+        int shift = used_bits;
+        for (uint32_t j = 0; j < length; ++j) {
+            shift -= id_bits;
+            out[j] = static_cast<uint32_t>((key >> shift) & mask) - 1;
+        }
+    }
+};
+
+// The 2..max_n-grams starting in [begin, end) as packed keys.
+template <class K>
+class PackedScan {
+public:
+    PackedScan(const Stream& s, int max_n, bool cross_words, Packing packing)
+        : ids_(s.ids), starts_(s, 2, max_n, cross_words), packing_(packing) {}
+
+    template <class Emit>
+    void operator()(size_t begin, size_t end, Emit& emit) const {
+        const int id_bits = packing_.id_bits;
+        const int top = packing_.used_bits - id_bits;
+        starts_(begin, end, [&](size_t i, size_t limit) {
+            const uint32_t* ids = ids_ + i;
+            int shift = top;
+            K key = static_cast<K>(uint64_t(ids[0]) + 1) << shift;
+            for (size_t n = 1; n < limit; ++n) {
+                shift -= id_bits;
+                key |= static_cast<K>(uint64_t(ids[n]) + 1) << shift;
+                emit(key);
+            }
+        });
+    }
+
+private:
+    const uint32_t* ids_;
+    NgramStarts starts_;
+    Packing packing_;
+};
+
+template <class K>
+struct KeyCount {
+    K key;
+    int64_t count;
+};
+
+// Open addressing with linear probing on packed keys; the slot index is the top bits of the hash.
+template <class K>
+class PackedTable {
+public:
+    using Slot = KeyCount<K>;
+
+    void reset(size_t capacity) {
+        size_t cap = 16;
+        while (cap < capacity) cap <<= 1;
+        slots_.assign(cap, Slot{0, 0});
+        set_shape(cap);
+        size_ = 0;
+    }
+    void release() {
+        BigVector<Slot>().swap(slots_);
+        size_ = 0;
+    }
+
+    size_t size() const { return size_; }
+    size_t capacity() const { return slots_.size(); }
+    size_t bytes() const { return slots_.capacity() * sizeof(Slot); }
+    // Load factor 1/2: the tables are small (in cache) or short-lived, probes stay short.
+    bool needs_grow() const { return (size_ + 1) * 2 > slots_.size(); }
+
+    void prefetch(uint64_t hash) const { __builtin_prefetch(slots_.data() + (hash >> shift_)); }
+
+    void add(K key, uint64_t hash, int64_t count) {
+        size_t i = hash >> shift_;
+        for (;;) {
+            Slot& s = slots_[i];
+            if (s.key == key) {
+                s.count += count;
+                return;
+            }
+            if (s.key == 0) {
+                s = Slot{key, count};
+                ++size_;
+                return;
+            }
+            i = (i + 1) & mask_;
+        }
+    }
+
+    void grow() {
+        BigVector<Slot> old;
+        old.swap(slots_);
+        slots_.assign(old.size() * 2, Slot{0, 0});
+        set_shape(slots_.size());
+        for (const Slot& s : old) {
+            if (s.key == 0) continue;
+            size_t i = key_hash(s.key) >> shift_;
+            while (slots_[i].key != 0) i = (i + 1) & mask_;
+            slots_[i] = s;
+        }
+    }
+
+    // Appends the keys counted at least min_count times to out.
+    void append_to(BigVector<Slot>& out, int64_t min_count) const {
+        for (const Slot& s : slots_) {
+            if (s.key != 0 && s.count >= min_count) out.push_back(s);
+        }
+    }
+
+private:
+    void set_shape(size_t cap) {
+        shift_ = index_shift(cap);
+        mask_ = cap - 1;
+    }
+
+    BigVector<Slot> slots_;
+    size_t size_ = 0;
+    size_t mask_ = 0;
+    int shift_ = 60;
+};
+
+template <class It>
+void sort_by_key(It first, It last) {
+    std::sort(first, last, [](const auto& a, const auto& b) { return a.key < b.key; });
+}
+
+inline int key_width(uint64_t v) { return v == 0 ? 0 : 64 - __builtin_clzll(v); }
+inline int key_width(u128 v) {
+    const uint64_t high = static_cast<uint64_t>(v >> 64);
+    return high != 0 ? 128 - __builtin_clzll(high) : key_width(static_cast<uint64_t>(v));
+}
+
+constexpr int kDigitBits = 11;     // MSD radix digit: 2048 buckets, their counters stay in L1
+constexpr size_t kInsertionSort = 32;  // shorter runs are insertion-sorted
+
+// Where count_run puts the distinct keys: keys[n++] (behind the keys still being read) and counts.
+template <class K>
+struct KeySink {
+    K* keys;
+    size_t n;
+    BigVector<int64_t>& counts;
+    int64_t min_count;
+    int64_t max_count;
+
+    void put(K key, int64_t count) {
+        if (count < min_count) return;
+        keys[n++] = key;
+        counts.push_back(count);
+        max_count = std::max(max_count, count);
+    }
+};
+
+// Counts a[0, m) by MSD radix sort (tmp: scratch of m keys, both overwritten) and puts (key, count) in
+// key order. Each level first finds the bits in which the keys differ, so it starts at the highest of
+// them and a run of one key (a frequent n-gram) stops at once. The sink may write into a's memory at
+// or before a: every key it writes has been read.
+template <class K>
+void count_run(K* a, K* tmp, size_t m, KeySink<K>& sink) {
+    if (m <= kInsertionSort) {
+        for (size_t i = 1; i < m; ++i) {
+            const K key = a[i];
+            size_t j = i;
+            for (; j > 0 && key < a[j - 1]; --j) a[j] = a[j - 1];
+            a[j] = key;
+        }
+        for (size_t i = 0; i < m;) {
+            size_t j = i + 1;
+            while (j < m && a[j] == a[i]) ++j;
+            sink.put(a[i], static_cast<int64_t>(j - i));
+            i = j;
+        }
+        return;
+    }
+    const K head = a[0];
+    K differ = 0;
+    for (size_t i = 1; i < m; ++i) differ |= a[i] ^ head;
+    if (differ == 0) {
+        sink.put(head, static_cast<int64_t>(m));
+        return;
+    }
+    // About 8 keys per bucket: wider digits would leave most buckets empty.
+    const int top = key_width(differ);
+    const int bits = std::min({kDigitBits, top, std::max(1, key_width(uint64_t(m)) - 3)});
+    const int shift = top - bits;
+    const uint32_t mask = (uint32_t(1) << bits) - 1;
+    // Two counter arrays: runs of one digit (common in text) would otherwise wait on each increment.
+    uint32_t count[size_t(1) << kDigitBits], count2[size_t(1) << kDigitBits];
+    std::fill(count, count + mask + 1, 0u);
+    std::fill(count2, count2 + mask + 1, 0u);
+    size_t i = 0;
+    for (; i + 1 < m; i += 2) {
+        ++count[static_cast<uint32_t>(a[i] >> shift) & mask];
+        ++count2[static_cast<uint32_t>(a[i + 1] >> shift) & mask];
+    }
+    if (i < m) ++count[static_cast<uint32_t>(a[i] >> shift) & mask];
+    for (uint32_t d = 0; d <= mask; ++d) count[d] += count2[d];
+    uint32_t at[size_t(1) << kDigitBits];
+    uint32_t sum = 0;
+    for (uint32_t d = 0; d <= mask; ++d) {
+        at[d] = sum;
+        sum += count[d];
+    }
+    for (size_t i = 0; i < m; ++i) tmp[at[static_cast<uint32_t>(a[i] >> shift) & mask]++] = a[i];
+    for (uint32_t d = 0, begin = 0; d <= mask; begin += count[d], ++d) {
+        if (count[d] != 0) count_run(tmp + begin, a + begin, count[d], sink);
+    }
+}
+
+// Tables past this many slots stop the direct count (measured: see benchmarks/RESULTS.md).
+constexpr size_t kDirectSlots = size_t(1) << 18;
+constexpr size_t kDirectBlock = size_t(1) << 13;  // stream positions between two checks for a full table
+// Bytes of keys per partition: they and their sort scratch stay within a core's L2 cache.
+constexpr uint64_t kPartitionBytes = uint64_t(1) << 18;
+constexpr size_t kMaxPartitions = 4096;  // scatter fan-out
+// Without a memory budget, one pass's key buffer and sort scratch stay under this; more passes past it.
+constexpr uint64_t kPassBytes = uint64_t(1) << 31;
+
+// Distinct keys with their counts (>= min_count), as runs that are in key order one after the other.
+template <class K>
+struct Counted {
+    struct Run {
+        const K* keys;
+        const int64_t* counts;
+        size_t n;
+    };
+    std::vector<BigVector<K>> key_storage;
+    std::vector<BigVector<int64_t>> count_storage;
+    std::vector<Run> runs;
+    size_t size = 0;
+    int64_t max_count = 1;
+
+    void add_run(const K* keys, const int64_t* counts, size_t n) {
+        if (n == 0) return;
+        runs.push_back(Run{keys, counts, n});
+        size += n;
+    }
+};
+
+// Direct count into one table per worker; false when a table outgrew max_slots.
+template <class K, class Scan>
+bool count_direct(const Scan& scan, size_t work, size_t k, size_t max_slots, int64_t min_count, Counted<K>& out,
+                  Table& stats) {
+    std::vector<PackedTable<K>> tables(k);
+    std::atomic<bool> overflow{false};
+    Workers counting;
+    counting.run(k, [&](size_t t) {
+        PackedTable<K>& table = tables[t];
+        table.reset(std::min<size_t>(1024, max_slots));
+        bool full = false;
+        auto insert = [&](K key, uint64_t hash) {
+            if (table.needs_grow()) {
+                if (full || table.capacity() * 2 > max_slots) {
+                    full = true;
+                    return;
+                }
+                table.grow();
+            }
+            table.add(key, hash, 1);
+        };
+        // Keys wait kAhead emits between the prefetch of their slot and their insertion.
+        constexpr size_t kAhead = 8;
+        K pending_key[kAhead];
+        uint64_t pending_hash[kAhead];
+        size_t n_pending = 0, next = 0;
+        auto emit = [&](K key) {
+            const uint64_t hash = key_hash(key);
+            table.prefetch(hash);
+            if (n_pending == kAhead) {
+                insert(pending_key[next], pending_hash[next]);
+            } else {
+                ++n_pending;
+            }
+            pending_key[next] = key;
+            pending_hash[next] = hash;
+            next = (next + 1) % kAhead;
+        };
+        const size_t begin = work * t / k, end = work * (t + 1) / k;
+        for (size_t b = begin; b < end && !full; b += kDirectBlock) {
+            if (overflow.load(std::memory_order_relaxed) || counting.stopped()) return;
+            scan(b, std::min(end, b + kDirectBlock), emit);
+        }
+        for (size_t j = 0; j < n_pending; ++j) {
+            const size_t at = (next + kAhead - n_pending + j) % kAhead;
+            insert(pending_key[at], pending_hash[at]);
+        }
+        if (full) overflow.store(true);
+    });
+    uint64_t bytes = 0;
+    for (const auto& table : tables) bytes += table.bytes();
+    stats.peak_table_bytes = std::max(stats.peak_table_bytes, bytes);
+    if (overflow.load()) return false;
+
+    // Sum equal keys across the workers' tables: sort each table's keys, merge the runs, add up.
+    std::vector<size_t> cut(k + 1, 0);
+    for (size_t t = 0; t < k; ++t) cut[t + 1] = cut[t] + tables[t].size();
+    BigVector<KeyCount<K>> all;
+    all.reserve(cut[k]);
+    for (auto& table : tables) {
+        table.append_to(all, k == 1 ? min_count : 1);
+        table.release();
+    }
+    if (k == 1) {
+        sort_by_key(all.begin(), all.end());
+    } else {
+        Workers sorting;
+        sorting.run(k, [&](size_t t) { sort_by_key(all.begin() + cut[t], all.begin() + cut[t + 1]); });
+        auto less = [](const KeyCount<K>& a, const KeyCount<K>& b) { return a.key < b.key; };
+        for (size_t step = 1; step < k; step *= 2) {
+            for (size_t t = 0; t + step < k; t += 2 * step) {
+                std::inplace_merge(all.begin() + cut[t], all.begin() + cut[t + step],
+                                   all.begin() + cut[std::min(k, t + 2 * step)], less);
+            }
+        }
+        size_t kept = 0;
+        for (size_t i = 0; i < all.size();) {
+            KeyCount<K> sum = all[i];
+            for (++i; i < all.size() && all[i].key == sum.key; ++i) sum.count += all[i].count;
+            if (sum.count >= min_count) all[kept++] = sum;
+        }
+        all.resize(kept);
+    }
+    BigVector<K> keys(all.size());
+    BigVector<int64_t> counts(all.size());
+    for (size_t i = 0; i < all.size(); ++i) {
+        keys[i] = all[i].key;
+        counts[i] = all[i].count;
+        out.max_count = std::max(out.max_count, all[i].count);
+    }
+    out.add_run(keys.data(), counts.data(), keys.size());
+    out.key_storage.push_back(std::move(keys));
+    out.count_storage.push_back(std::move(counts));
+    return true;
+}
+
+// Partitioned count (section 2 above); false when the memory budget cannot hold one bucket's keys.
+template <class K, class Scan>
+bool count_partitioned(const Scan& scan, Packing packing, size_t work, size_t k, const EngineOptions& opt,
+                       Counted<K>& out, Table& stats) {
+    const uint64_t limit = opt.memory_budget != 0 ? opt.memory_budget : kPassBytes;
+    // The bucket histograms take at most a quarter of the limit: a tight budget gets coarser buckets.
+    auto hist_bytes = [k](int bits) { return k * (uint64_t(1) << bits) * sizeof(uint64_t); };
+    while (packing.bucket_bits > 1 && hist_bytes(packing.bucket_bits) > limit / 4) --packing.bucket_bits;
+    if (hist_bytes(packing.bucket_bits) > limit / 4) return false;
+    stats.peak_table_bytes = std::max(stats.peak_table_bytes, hist_bytes(packing.bucket_bits));
+    const size_t n_buckets = size_t(1) << packing.bucket_bits;
+
+    // 1. How many keys fall in each bucket, per worker.
+    std::vector<std::vector<uint64_t>> hist(k, std::vector<uint64_t>(n_buckets, 0));
+    Workers histogram;
+    histogram.run(k, [&](size_t t) {
+        uint64_t* h = hist[t].data();
+        auto emit = [&](K key) { ++h[packing.bucket(key)]; };
+        scan_chunk(scan, work, t, k, histogram, emit);
+    });
+    std::vector<uint64_t> in_bucket(n_buckets, 0);
+    for (size_t t = 0; t < k; ++t) {
+        for (size_t b = 0; b < n_buckets; ++b) in_bucket[b] += hist[t][b];
+    }
+    uint64_t occurrences = 0;
+    for (uint64_t c : in_bucket) occurrences += c;
+
+    // 2. Partitions: runs of consecutive buckets of about `target` keys (one bucket may hold more).
+    auto pass_bytes = [k](uint64_t keys, uint64_t largest) {
+        return (keys + k * largest) * sizeof(K);  // the key buffer and each worker's sort scratch
+    };
+    uint64_t target = std::max<uint64_t>(kPartitionBytes / sizeof(K), (occurrences + kMaxPartitions - 1) / kMaxPartitions);
+    while (target > 64 && pass_bytes(target, target) > limit / 2) target /= 2;
+    std::vector<uint32_t> part_of(n_buckets);
+    std::vector<uint64_t> part_keys;  // keys per partition
+    for (size_t b = 0; b < n_buckets; ++b) {
+        if (part_keys.empty() || (part_keys.back() > 0 && part_keys.back() + in_bucket[b] > target)) {
+            part_keys.push_back(0);
+        }
+        part_of[b] = static_cast<uint32_t>(part_keys.size() - 1);
+        part_keys.back() += in_bucket[b];
+    }
+    const size_t n_parts = part_keys.size();
+    std::vector<uint64_t> part_worker_keys(n_parts * k, 0);  // [partition][worker]
+    for (size_t t = 0; t < k; ++t) {
+        for (size_t b = 0; b < n_buckets; ++b) part_worker_keys[part_of[b] * k + t] += hist[t][b];
+    }
+    std::vector<std::vector<uint64_t>>().swap(hist);
+
+    // 3. Passes: runs of consecutive partitions whose keys and scratch fit the limit, next to the
+    //    partition tables (the bucket map, per-worker sizes, write cursors and results).
+    const uint64_t fixed = n_buckets * sizeof(uint32_t) + n_parts * (3 * k * sizeof(uint64_t) + 4 * sizeof(size_t));
+    std::vector<size_t> pass_start{0};
+    uint64_t keys_in_pass = 0, largest = 0;
+    for (size_t p = 0; p < n_parts; ++p) {
+        if (fixed + pass_bytes(part_keys[p], part_keys[p]) > limit) return false;
+        if (p > pass_start.back() &&
+            fixed + pass_bytes(keys_in_pass + part_keys[p], std::max(largest, part_keys[p])) > limit) {
+            pass_start.push_back(p);
+            keys_in_pass = largest = 0;
+        }
+        keys_in_pass += part_keys[p];
+        largest = std::max(largest, part_keys[p]);
+    }
+    pass_start.push_back(n_parts);
+
+    // Distinct keys go back into the key buffer, in place; their counts into one array per worker.
+    out.count_storage.resize(k);
+    struct Part {
+        size_t worker = 0, first_count = 0, n = 0;  // counts at count_storage[worker][first_count, + n)
+        const K* keys = nullptr;
+    };
+    std::vector<Part> parts(n_parts);
+    std::vector<int64_t> max_count(k, 1);
+    std::vector<BigVector<K>> scratch(k);
+    stats.passes = 0;
+    for (size_t pass = 0; pass + 1 < pass_start.size(); ++pass) {
+        const size_t first = pass_start[pass], n = pass_start[pass + 1] - first;
+        ++stats.passes;
+        // Partition first + p, worker t writes from at[p * k + t].
+        std::vector<uint64_t> at(n * k + 1, 0);
+        for (size_t j = 0; j < n * k; ++j) at[j + 1] = at[j] + part_worker_keys[first * k + j];
+        BigVector<K> buffer(at[n * k]);
+        Workers scatter;
+        scatter.run(k, [&](size_t t) {
+            std::vector<uint64_t> cursor(n);
+            for (size_t p = 0; p < n; ++p) cursor[p] = at[p * k + t];
+            K* keys = buffer.data();
+            const uint32_t* part = part_of.data();
+            auto emit = [&](K key) {
+                const size_t p = part[packing.bucket(key)] - first;  // wraps past n in other passes' partitions
+                if (p < n) keys[cursor[p]++] = key;
+            };
+            scan_chunk(scan, work, t, k, scatter, emit);
+        });
+        std::atomic<size_t> next{0};
+        Workers counting;
+        counting.run(k, [&](size_t t) {
+            for (size_t p = next++; p < n && !counting.stopped(); p = next++) {
+                const size_t m = static_cast<size_t>(at[(p + 1) * k] - at[p * k]);
+                if (scratch[t].size() < m) {
+                    BigVector<K>().swap(scratch[t]);  // sized exactly: the budget counts its capacity
+                    scratch[t].resize(m);
+                }
+                K* keys = buffer.data() + at[p * k];
+                KeySink<K> sink{keys, 0, out.count_storage[t], opt.min_count, max_count[t]};
+                const size_t first_count = sink.counts.size();
+                count_run(keys, scratch[t].data(), m, sink);
+                max_count[t] = sink.max_count;
+                parts[first + p] = Part{t, first_count, sink.n, keys};
+            }
+        });
+        uint64_t bytes = fixed + buffer.capacity() * sizeof(K);
+        for (auto& s : scratch) {
+            bytes += s.capacity() * sizeof(K);
+            BigVector<K>().swap(s);
+        }
+        stats.peak_table_bytes = std::max(stats.peak_table_bytes, bytes);
+        if (pass_start.size() == 2) {  // one pass: the distinct keys stay in the buffer
+            out.key_storage.push_back(std::move(buffer));
+            break;
+        }
+        // Several passes: the next pass reuses the memory, so this pass's distinct keys move out.
+        size_t distinct = 0;
+        for (size_t p = first; p < first + n; ++p) distinct += parts[p].n;
+        BigVector<K> kept(distinct);
+        for (size_t p = first, at_kept = 0; p < first + n; at_kept += parts[p].n, ++p) {
+            std::copy(parts[p].keys, parts[p].keys + parts[p].n, kept.data() + at_kept);
+            parts[p].keys = kept.data() + at_kept;
+        }
+        out.key_storage.push_back(std::move(kept));
+    }
+    for (const Part& part : parts) {
+        out.add_run(part.keys, out.count_storage[part.worker].data() + part.first_count, part.n);
+    }
+    out.max_count = *std::max_element(max_count.begin(), max_count.end());
+    return true;
+}
+
+// Section 3: the CSR table of the counted keys, by count desc, then key. One pass counts, per worker
+// and count, the keys and their ids; a second writes each key's count, offset and ids at its place.
+template <class K>
+Table packed_to_table(const Counted<K>& keys, const Packing& packing, int threads, Table&& stats) {
+    const size_t n = keys.size;
+    const size_t k = std::max<size_t>(1, std::min<size_t>(resolve_threads(threads), n / 65536));
+    // Worker t handles keys [cut[t], cut[t + 1]) of the concatenated runs.
+    std::vector<size_t> cut(k + 1);
+    for (size_t t = 0; t <= k; ++t) cut[t] = n * t / k;
+    auto for_range = [&keys](size_t begin, size_t end, auto&& fn) {
+        size_t skip = begin;
+        for (const auto& run : keys.runs) {
+            if (begin >= end) return;
+            if (skip >= run.n) {
+                skip -= run.n;
+                continue;
+            }
+            const size_t take = std::min(run.n - skip, end - begin);
+            for (size_t i = skip; i < skip + take; ++i) fn(run.keys[i], run.counts[i]);
+            begin += take;
+            skip = 0;
+        }
+    };
+    // Counts below `small` get a bucket each, in descending order; the few larger ones sort on their own.
+    const int64_t small = std::min<int64_t>(keys.max_count + 1, int64_t(1) << 16);
+    auto bucket = [small](int64_t count) { return static_cast<size_t>(small - 1 - count); };
+    std::vector<std::vector<uint64_t>> at(k, std::vector<uint64_t>(static_cast<size_t>(small), 0));
+    std::vector<std::vector<uint64_t>> id_at(k, std::vector<uint64_t>(static_cast<size_t>(small), 0));
+    std::vector<std::vector<KeyCount<K>>> large(k);
+    Workers counting;
+    counting.run(k, [&](size_t t) {
+        uint64_t* h = at[t].data();
+        uint64_t* l = id_at[t].data();
+        for_range(cut[t], cut[t + 1], [&](K key, int64_t count) {
+            if (count < small) {
+                ++h[bucket(count)];
+                l[bucket(count)] += packing.length(key);
+            } else {
+                large[t].push_back(KeyCount<K>{key, count});
+            }
+        });
+    });
+    std::vector<KeyCount<K>> top;  // the large counts, in key order
+    for (const auto& l : large) top.insert(top.end(), l.begin(), l.end());
+    std::stable_sort(top.begin(), top.end(), [](const KeyCount<K>& a, const KeyCount<K>& b) { return a.count > b.count; });
+    Table out = std::move(stats);
+    out.counts.resize(n);
+    out.offsets.resize(n + 1);
+    out.offsets[0] = 0;
+    uint64_t place = 0, id_place = 0;
+    for (const KeyCount<K>& e : top) {
+        out.counts[place] = e.count;
+        id_place += packing.length(e.key);
+        out.offsets[++place] = static_cast<int64_t>(id_place);
+    }
+    for (size_t b = 0; b < static_cast<size_t>(small); ++b) {
+        for (size_t t = 0; t < k; ++t) {
+            const uint64_t keys_here = at[t][b], ids_here = id_at[t][b];
+            at[t][b] = place;
+            id_at[t][b] = id_place;
+            place += keys_here;
+            id_place += ids_here;
+        }
+    }
+    out.ids.resize(id_place);
+    for (size_t j = 0; j < top.size(); ++j) {
+        const uint32_t length = packing.length(top[j].key);
+        packing.unpack(top[j].key, length, out.ids.data() + out.offsets[j + 1] - length);
+    }
+    Workers writing;
+    writing.run(k, [&](size_t t) {
+        uint64_t* h = at[t].data();
+        uint64_t* l = id_at[t].data();
+        int64_t* counts = out.counts.data();
+        int64_t* offsets = out.offsets.data();
+        uint32_t* ids = out.ids.data();
+        for_range(cut[t], cut[t + 1], [&](K key, int64_t count) {
+            if (count >= small) return;
+            const size_t b = bucket(count);
+            const uint64_t i = h[b]++;
+            const uint32_t length = packing.length(key);
+            packing.unpack(key, length, ids + l[b]);
+            l[b] += length;
+            counts[i] = count;
+            offsets[i + 1] = static_cast<int64_t>(l[b]);
+        });
+    });
+    return out;
+}
+
+// count_ngrams with packed keys of type K; false when the memory budget is too small for them (the
+// hashed engine then counts).
+template <class K>
+bool count_packed(const Stream& stream, const CountOptions& options, const Packing& packing, Table& out) {
+    const size_t k = std::max<size_t>(1, std::min<size_t>(resolve_threads(options.threads), stream.size));
+    const PackedScan<K> scan(stream, options.max_n, options.cross_words, packing);
+    const bool bounded = options.memory_budget != 0;
+    size_t direct_slots = kDirectSlots;
+    if (bounded) {
+        // A table's last doubling holds its old and new arrays: 1.5x its final size.
+        while (direct_slots >= 16 && k * direct_slots * sizeof(KeyCount<K>) * 3 / 2 > options.memory_budget) {
+            direct_slots /= 2;
+        }
+    }
+    Table stats;
+    stats.passes = 1;
+    Counted<K> keys;
+    stats.strategy = "direct";
+    bool done = direct_slots >= 16 &&
+                count_direct<K>(scan, stream.size, k, direct_slots, options.min_count, keys, stats);
+    if (!done) {
+        stats.strategy = "partitioned";
+        done = count_partitioned<K>(scan, packing, stream.size, k,
+                                    {options.threads, options.min_count, options.memory_budget}, keys, stats);
+    }
+    if (!done) return false;
+    out = packed_to_table(keys, packing, options.threads, std::move(stats));
+    return true;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -635,6 +1341,15 @@ Table count_ngrams(const Stream& stream, const CountOptions& options) {
     if (options.memory_budget != 0 && options.memory_budget < kMinMemoryBudget) {
         throw std::invalid_argument("memory_budget must be at least " + std::to_string(kMinMemoryBudget) +
                                     " bytes, got " + std::to_string(options.memory_budget));
+    }
+    uint32_t max_id = 0;
+    for (size_t i = 0; i < stream.size; ++i) max_id = std::max(max_id, stream.ids[i]);
+    const int id_bits = bit_width(uint64_t(max_id) + 1);
+    const Packing packing{id_bits, options.max_n * id_bits};
+    Table packed;
+    if (packing.used_bits <= 64 && count_packed<uint64_t>(stream, options, packing, packed)) return packed;
+    if (packing.used_bits > 64 && packing.used_bits <= 128 && count_packed<u128>(stream, options, packing, packed)) {
+        return packed;
     }
     Table stats;
     const NgramScan scan(stream, 2, options.max_n, options.cross_words);

@@ -14,14 +14,20 @@ cross_words, no word boundary. A pre-token (count_words) runs from one word star
 document start; a document start and position 0 also start a pre-token. Tables are CSR arrays sorted by
 count descending, then by ids lexicographically (a prefix before the longer n-gram).
 
-Threads and memory (csrc/counter.h has the details). Each worker counts the n-grams that start in its
-chunk of the stream into its own hash table (keys are references into ids, not copies), then the
-tables are sorted and merged by hash range in parallel. memory_budget bounds the bytes of those hash
-tables, including the transient arrays of a rehash: when a table would outgrow its worker's share,
-the pass narrows the range of hash values it accepts and a later pass over the stream counts the rest.
-Counts stay exact under any budget (each pass counts every occurrence of the n-grams in its hash
-range); a smaller budget costs passes, never accuracy. Not bounded: the input and the output arrays,
-plus about 56 bytes per kept n-gram while the output is sorted.
+Threads and memory (csrc/counter.h has the details). When max_n ids fit in 128 bits
+(max_n * bit_width(max_id + 1) <= 128: SmolLM2's 49,152 ids up to max_n = 8, any 16-bit vocabulary up to
+max_n = 8), an n-gram is packed into one integer whose integer order is the n-grams' order. Each worker
+first counts the n-grams of its chunk of the stream into a small hash table ("direct", what real text
+inside words needs); once the distinct n-grams outgrow it, every n-gram's key is radix-partitioned by its
+leading ids into one buffer and each partition is counted by sorting it in cache ("partitioned", the
+sort-based counting of KenLM, which stays fast when most n-grams are distinct). Wider keys use hash
+tables of references into ids ("hashed"). NgramTable.strategy says which ran. memory_budget bounds the
+bytes of those tables and key buffers: the partitioned count splits its partitions into passes over the
+stream that fit (a budget that cannot hold the keys sharing one leading prefix falls back to the hashed
+count), the hashed count narrows the range of hash values a pass accepts. Counts stay exact under any
+budget (each pass counts every occurrence of the n-grams in its range); a smaller budget costs passes,
+never accuracy. Not bounded: the input and the output arrays, plus 24 (packed) or 56 (hashed) bytes per
+kept n-gram while the output is ordered.
 
 File format (.igc, little-endian; NgramTable.save / NgramTable.load):
 
@@ -124,7 +130,8 @@ class NgramTable(_CsrTable):
     min_count: int = 1
     cross_words: bool = False
     passes: int = field(default=1, repr=False)  # passes over the stream the memory budget needed
-    peak_table_bytes: int = field(default=0, repr=False)  # largest total size of the hash tables
+    peak_table_bytes: int = field(default=0, repr=False)  # largest total size of the tables and key buffers
+    strategy: str = field(default="", repr=False)  # "direct", "partitioned" or "hashed" (module docstring)
 
     def ngram(self, i: int) -> tuple[int, ...]:
         """Return the ids of n-gram i."""
@@ -188,11 +195,11 @@ class NgramTable(_CsrTable):
                                  + [np.array([sum(len(t.ids) for t in tables)], dtype=np.int64)])
         ids = np.concatenate([t.ids for t in tables]).astype(np.uint32, copy=False)
         counts = np.concatenate([t.counts for t in tables]).astype(np.int64, copy=False)
-        offsets, ids, counts, passes, peak = _core.merge_tables(offsets, ids, counts, min_count=min_count,
-                                                                threads=threads)
+        offsets, ids, counts, passes, peak, strategy = _core.merge_tables(offsets, ids, counts, min_count=min_count,
+                                                                          threads=threads)
         return cls(offsets, ids, counts, max_n=max(t.max_n for t in tables),
                    min_count=max([min_count] + [t.min_count for t in tables]),
-                   cross_words=modes.pop(), passes=passes, peak_table_bytes=peak)
+                   cross_words=modes.pop(), passes=passes, peak_table_bytes=peak, strategy=strategy)
 
     def save(self, path: PathLike) -> Path:
         """Write the table to path in the .igc format (module docstring), atomically.
@@ -286,8 +293,8 @@ def count_ngrams(ids: np.ndarray, word_starts: np.ndarray | None = None, doc_sta
         min_count: keep n-grams seen at least this often (applied to the exact total).
         threads: worker threads, 0 = all cores. The result does not depend on it.
         cross_words: also count n-grams that cross pre-token boundaries (never document boundaries).
-        memory_budget: bytes for the counting hash tables (>= MIN_MEMORY_BUDGET), None = unlimited;
-            a small budget costs extra passes over ids, never exactness (module docstring).
+        memory_budget: bytes for the counting tables and key buffers (>= MIN_MEMORY_BUDGET), None =
+            unlimited; a small budget costs extra passes over ids, never exactness (module docstring).
 
     Returns:
         NgramTable sorted by count desc, then ids; empty for an empty stream.
@@ -305,12 +312,12 @@ def count_ngrams(ids: np.ndarray, word_starts: np.ndarray | None = None, doc_sta
     if memory_budget is not None and operator.index(memory_budget) < MIN_MEMORY_BUDGET:
         raise ValueError(f"memory_budget must be None (unlimited) or at least {MIN_MEMORY_BUDGET} bytes, "
                          f"got {memory_budget}")
-    offsets, out_ids, counts, passes, peak = _core.count_ngrams(
+    offsets, out_ids, counts, passes, peak, strategy = _core.count_ngrams(
         ids, word_starts, doc_starts, max_n=operator.index(max_n), min_count=operator.index(min_count),
         threads=operator.index(threads), cross_words=bool(cross_words),
         memory_budget=0 if memory_budget is None else operator.index(memory_budget))
     return NgramTable(offsets, out_ids, counts, max_n=int(max_n), min_count=int(min_count),
-                      cross_words=bool(cross_words), passes=passes, peak_table_bytes=peak)
+                      cross_words=bool(cross_words), passes=passes, peak_table_bytes=peak, strategy=strategy)
 
 
 def count_words(ids: np.ndarray, word_starts: np.ndarray, doc_starts: np.ndarray | None = None,
@@ -333,7 +340,8 @@ def count_words(ids: np.ndarray, word_starts: np.ndarray, doc_starts: np.ndarray
     if word_starts is None:
         raise ValueError("count_words needs word_starts (True at the first token of each pre-token)")
     ids, word_starts, doc_starts = _checked_stream(ids, word_starts, doc_starts)
-    offsets, out_ids, counts, _, _ = _core.count_words(ids, word_starts, doc_starts, threads=operator.index(threads))
+    offsets, out_ids, counts, _, _, _ = _core.count_words(ids, word_starts, doc_starts,
+                                                          threads=operator.index(threads))
     return WordTable(offsets, out_ids, counts)
 
 
