@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
     "bits_per_byte": ".metrics",
 }
 _SUBMODULES = ("data", "corpus", "counting", "scoring", "vocab", "model", "ops", "metrics", "kernels", "train",
-               "scaling", "cli")
+               "scaling", "synth", "cli")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -304,11 +304,63 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    import dataclasses
+    from typing import get_args
+
+    from .corpus import DocMode
+    from .synth import BACKENDS, TEMPLATES, Filters, Sampling
+
+    p = sub.add_parser("synth", help="generate synthetic domain QA pairs with an instruct model (a training source)",
+                       description="Appends filtered question/answer lines (question, answer, text, source, model, "
+                       "template) to --out; rerun the same command to resume.")
+    p.add_argument("--domain", nargs="+", required=True,
+                   help="source documents: corpora as name:split (hpo:train), files, folders or globs")
+    p.add_argument("--out", required=True, help="output .jsonl (appended to; resumes)")
+    p.add_argument("--model", default=None, help="HF chat model folder (default: the cached SmolLM2-135M-Instruct)")
+    p.add_argument("--heldout", nargs="+", default=None,
+                   help="held-out documents (same forms): contamination guard, never used as sources")
+    p.add_argument("--template", default="science", help=f"{' or '.join(TEMPLATES)}, or a TOML template file")
+    p.add_argument("--per-doc", type=int, default=2, help="replies sampled per document")
+    p.add_argument("--max-docs", type=int, default=None, help="the most documents to cover (earlier runs included)")
+    p.add_argument("--batch-size", type=int, default=8, help="documents per generation call")
+    p.add_argument("--max-doc-chars", type=int, default=2000, help="cut longer documents before prompting")
+    p.add_argument("--doc-mode", choices=get_args(DocMode), default="file", help="how .txt source files split")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: vLLM on a GPU when installed")
+    p.add_argument("--device", default=None, help="transformers backend device (default cuda if available)")
+    p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--chat-template", default=None, help="Jinja chat template file, for a model without one")
+    for cls in (Sampling, Filters):
+        for f in dataclasses.fields(cls):
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                           help=f"{f.metadata['help']} (default {f.default})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_synth)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .synth import Filters, Sampling, load_generator, synthesize
+
+    sampling, filters = (cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+                         for cls in (Sampling, Filters))
+    generator = load_generator(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
+                               chat_template=args.chat_template, seed=sampling.seed)
+    summary = synthesize(args.domain, args.out, generator=generator, template=args.template,
+                         heldout=args.heldout or (), per_doc=args.per_doc, max_docs=args.max_docs,
+                         batch_size=args.batch_size, sampling=sampling, filters=filters,
+                         max_doc_chars=args.max_doc_chars, doc_mode=args.doc_mode, progress=not args.no_progress)
+    print(summary.format())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the `igot` argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="igot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_data, _add_encode, _add_extend, _add_count, _add_extend_model, _add_train, _add_demo, _add_plan):
+    for add in (_add_data, _add_encode, _add_extend, _add_count, _add_extend_model, _add_train, _add_demo, _add_plan,
+                _add_synth):
         add(sub)
     return parser
 
