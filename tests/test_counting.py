@@ -71,6 +71,52 @@ def test_threads_do_not_change_the_result(stream, cross_words):
                                        threads=threads), one)
 
 
+@st.composite
+def distinct_heavy_streams(draw):
+    """(ids, word_starts, doc_starts) of 300..3000 random tokens: most n-grams distinct, keys of 6, 9 or 17
+    bits per id (packed into 64 or 128 bits), the regime where count_ngrams partitions its keys."""
+    n = draw(st.integers(1000, 3000))
+    vocab = draw(st.sampled_from([40, 300, 70_000]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    ids = rng.integers(0, vocab, n).astype(np.uint32)
+    word_starts = rng.random(n) < draw(st.sampled_from([0.1, 0.3, 0.6]))
+    doc_starts = rng.random(n) < 0.01 if draw(st.booleans()) else None
+    return ids, word_starts, doc_starts
+
+
+@given(distinct_heavy_streams(), st.integers(3, 8), st.integers(1, 3), st.booleans(), st.sampled_from([1, 2, 3]),
+       st.integers(MIN_MEMORY_BUDGET, 4 * MIN_MEMORY_BUDGET))
+def test_partitioned_count_matches_reference(stream, max_n, min_count, cross_words, threads, budget):
+    # Budgets this small outgrow the direct tables at once: the keys are partitioned by prefix, in one
+    # pass or several, with the partition and pass boundaries wherever the drawn stream puts them.
+    got = count_ngrams(*stream, max_n=max_n, min_count=min_count, cross_words=cross_words, threads=threads,
+                       memory_budget=budget)
+    want = count_ngrams_reference(*stream, max_n=max_n, min_count=min_count, cross_words=cross_words)
+    assert_same_table(got, want)
+    assert got.peak_table_bytes <= budget
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_each_counting_strategy_is_reached_and_exact(threads):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 300, 4000).astype(np.uint32)  # 9 bits per id: 8 ids pack into 128 bits
+    word_starts = rng.random(4000) < 0.2
+    wide = rng.integers(0, 2**32, 4000, dtype=np.uint64).astype(np.uint32)  # 32 bits per id: 5 exceed 128
+    cases = [  # (stream, options, strategy, several passes)
+        ((ids, word_starts, None), {}, "direct", False),
+        ((ids, word_starts, None), {"memory_budget": 16 * MIN_MEMORY_BUDGET}, "partitioned", False),
+        ((ids, word_starts, None), {"memory_budget": MIN_MEMORY_BUDGET}, "partitioned", True),
+        ((ids, None, None), {"memory_budget": MIN_MEMORY_BUDGET, "max_n": 3}, "partitioned", True),
+        ((wide, None, None), {"max_n": 5}, "hashed", False),
+        ((wide, None, None), {"max_n": 5, "memory_budget": MIN_MEMORY_BUDGET}, "hashed", True),
+    ]
+    for stream, options, strategy, several_passes in cases:
+        options = {"max_n": 8, **options}
+        got = count_ngrams(*stream, threads=threads, **options)
+        assert (got.strategy, got.passes > 1) == (strategy, several_passes), options
+        assert_same_table(got, count_ngrams_reference(*stream, **options))
+
+
 @given(streams(max_len=200), st.data())
 def test_merge_of_parts_split_at_a_document_equals_one_pass(stream, data):
     ids, word_starts, doc_starts = stream
@@ -212,16 +258,26 @@ def test_an_error_inside_the_workers_reaches_the_caller_as_value_error():
         count_words(ids, word_starts, threads=2)
 
 
+def _fetched(*names: str):
+    """igot.data, after skipping the test when one of the named items is not fetched at all.
+
+    A damaged item is not skipped: loading it raises, and the test fails with the message that says how
+    to repair the cache.
+    """
+    data = pytest.importorskip("igot.data")
+    missing = [name for name in names if data.status()[name] == "not fetched"]
+    if missing:
+        pytest.skip(f"real data not fetched (igot data fetch --only {' '.join(missing)})")
+    return data
+
+
 @pytest.mark.slow
 def test_real_hpo_corpus_matches_the_reference():
-    data = pytest.importorskip("igot.data")
     from igot.corpus import encode_corpus
 
-    try:
-        docs = data.load_corpus("hpo", "train")
-        tokenizer = data.tokenizer_path("smollm2")
-    except (FileNotFoundError, OSError) as exc:
-        pytest.skip(f"real data not fetched (igot data fetch): {exc}")
+    data = _fetched("hpo", "smollm2")
+    docs = data.load_corpus("hpo", "train")
+    tokenizer = data.tokenizer_path("smollm2")
     corpus = encode_corpus(tokenizer, docs[:3000], progress=False)
     stream = (corpus.ids, corpus.word_starts, corpus.doc_starts)
     got = count_ngrams(*stream, max_n=8, threads=2)
@@ -234,20 +290,12 @@ def test_real_hpo_corpus_matches_the_reference():
     assert_same_table(words, count_words_reference(*stream))
 
 
-def _smollm2_tokenizer():
-    data = pytest.importorskip("igot.data")
-    try:
-        return data.tokenizer_path("smollm2")
-    except (FileNotFoundError, OSError) as exc:
-        pytest.skip(f"real data not fetched (igot data fetch): {exc}")
-
-
 @pytest.mark.slow
 def test_cli_count_saves_a_table_equal_to_the_api(tmp_path, capsys):
     from igot.cli import main
     from igot.corpus import encode_corpus
 
-    tokenizer = _smollm2_tokenizer()
+    tokenizer = _fetched("smollm2").tokenizer_path("smollm2")
     docs = ["Abnormal heart rate.", "Abnormal heart morphology and abnormal heart rate."]
     (tmp_path / "a.txt").write_text("\n\n".join(docs))
     out = tmp_path / "t.igc"
