@@ -132,6 +132,7 @@ class Template:
     question_label: str = "Question"
     answer_label: str = "Answer"
     system: str | None = None
+    reply_prefix: str = ""  # the reply is started with this (small models keep the format far better)
 
     def __post_init__(self) -> None:
         where = f"template {self.name!r}"
@@ -150,19 +151,25 @@ class Template:
         return f"{self.name}-v{self.version}"
 
     def messages(self, document: str) -> Messages:
-        """Return the chat messages that ask for one QA pair about `document`."""
+        """Return the chat messages that ask for one QA pair about `document`; with a reply_prefix the last
+        message is the assistant's, to be continued (apply_chat_template(continue_final_message=True))."""
         user = self.user.replace("{document}", document)  # not str.format: code is full of braces
         return ([{"role": "system", "content": self.system}] if self.system else []) + \
-            [{"role": "user", "content": user}]
+            [{"role": "user", "content": user}] + \
+            ([{"role": "assistant", "content": self.reply_prefix}] if self.reply_prefix else [])
 
     def parse(self, reply: str) -> tuple[str, str] | None:
-        """Split a reply into (question, answer); None when it has no question label followed by an answer
-        label with text after each. Text after a second question label (a second pair) is ignored."""
+        """Split reply_prefix + a reply into (question, answer); None when there is no question label followed
+        by an answer label with text after each. A repeated question label before the answer is skipped, and
+        text after a second question label (a second pair) is ignored."""
+        reply = self.reply_prefix + reply
         question_re, answer_re = _label_re(self.question_label), _label_re(self.answer_label)
         q = question_re.search(reply)
         a = answer_re.search(reply, q.end()) if q else None
         if a is None:
             return None
+        for q in question_re.finditer(reply, q.end(), a.start()):  # "Question: Question: ..." -> the last
+            pass
         rest = reply[a.end():]
         second = question_re.search(rest)
         question = reply[q.end():a.start()].strip(" \t\r\n*_")
@@ -223,13 +230,14 @@ def load_template(template: str | os.PathLike[str] | Template = "science") -> Te
 class Generation:
     """One reply of a generator."""
 
-    text: str  # decoded, special tokens removed
+    text: str  # decoded, special tokens removed; a continued assistant message's text is not repeated
     n_tokens: int  # tokens generated, the end-of-turn token included when there is one
     finished: bool  # True when it ended on an end-of-turn token, False when max_new_tokens cut it
 
 
 class Generator(Protocol):
-    """What synthesize() calls: `per_doc` replies for each conversation, in order.
+    """What synthesize() calls: `per_doc` replies for each conversation, in order; a conversation whose last
+    message is the assistant's is continued from it (the template's reply_prefix).
 
     Any callable with this signature works (e.g. a function returning crafted replies in tests); its
     `name` attribute, when present, is the "model" written into each line.
@@ -253,9 +261,15 @@ def _chat_tokenizer(model: str, chat_template: str | os.PathLike[str] | None) ->
 
 
 def _render(tokenizer: Any, conversations: Sequence[Messages]) -> list[list[int]]:
-    """Prompt token ids: the chat template's text (it holds any BOS itself), encoded without adding more."""
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    """Prompt token ids: the chat template's text (it holds any BOS itself), encoded without adding more. A
+    conversation ending with an assistant message is continued from that message's text."""
+    ids = []
+    for conv in conversations:
+        cont = bool(conv) and conv[-1]["role"] == "assistant"
+        text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=not cont,
+                                             continue_final_message=cont)
+        ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ids
 
 
 def _stop_ids(tokenizer: Any, generation_config: Any) -> list[int]:

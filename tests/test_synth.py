@@ -52,7 +52,7 @@ def _greedy_reference(model, tokenizer, conversation, max_new_tokens):
     """One prompt, no padding, no KV cache, no generate(): argmax of the full forward at every step."""
     import torch
 
-    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(conversation, tokenize=False, continue_final_message=True)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     new = []
     with torch.no_grad():
@@ -69,7 +69,7 @@ def test_batched_left_padded_generation_matches_one_by_one_greedy_reference(tiny
     gen = TransformersGenerator(tiny_model)
     template = load_template("science")
     convs = [template.messages(doc) for doc in ("kidney", "abnormal growth of the bone " * 6, "gene binding")]
-    lengths = {len(gen.tokenizer(gen.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True),
+    lengths = {len(gen.tokenizer(gen.tokenizer.apply_chat_template(c, tokenize=False, continue_final_message=True),
                                  add_special_tokens=False)["input_ids"]) for c in convs}
     assert len(lengths) == 3  # really different prompt lengths, so the batch is left padded
     # Make the end-of-turn token win where one of the first reply's tokens would, so that some replies
@@ -129,7 +129,8 @@ class Scripted:
     def __call__(self, conversations, n, sampling):
         out = []
         for conv in conversations:
-            doc = conv[-1]["content"].split("Text:\n", 1)[1].split("\n\nWrite one question", 1)[0]
+            assert conv[-1] == {"role": "assistant", "content": "Question:"}  # the reply continues it
+            doc = conv[-2]["content"].split("Text:\n", 1)[1].split("\n\nWrite one question", 1)[0]
             self.seen.append(doc)
             replies = self.reply(doc)
             replies = replies if isinstance(replies, list) else [replies] * n
@@ -356,13 +357,25 @@ def test_a_second_run_on_the_same_file_is_refused_while_one_holds_it(tmp_path):
     ("The question is what X is, and the answer is Y.", None),
 ])
 def test_parse(reply, want):
+    import dataclasses
+
+    assert dataclasses.replace(load_template("science"), reply_prefix="").parse(reply) == want
+
+
+@pytest.mark.parametrize("reply,want", [
+    (" What is X?\nAnswer: X is Y.", ("What is X?", "X is Y.")),
+    ("Question: What is X?\nAnswer: X is Y.", ("What is X?", "X is Y.")),  # the label repeated
+    ("I'm ready to help! What's your next question?", None),
+])
+def test_parse_continues_the_reply_prefix(reply, want):
+    assert load_template("science").reply_prefix == "Question:"
     assert load_template("science").parse(reply) == want
 
 
 def test_builtin_templates_and_template_files(tmp_path):
     code = load_template("code")
-    assert code.id == "code-v1" and "def f(): return {}" in code.messages("def f(): return {}")[-1]["content"]
-    assert [m["role"] for m in load_template("science").messages("x")] == ["system", "user"]
+    assert code.id == "code-v1" and "def f(): return {}" in code.messages("def f(): return {}")[-2]["content"]
+    assert [m["role"] for m in load_template("science").messages("x")] == ["system", "user", "assistant"]
     path = tmp_path / "mine.toml"
     path.write_text('name = "mine"\nversion = 3\nuser = "Read {document}"\ntext = "Q {question} A {answer}"\n'
                     'question_label = "Problem"\nanswer_label = "Solution"\n')
