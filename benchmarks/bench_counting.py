@@ -1,12 +1,17 @@
-"""Benchmark of igot.counting on real corpora (issue 3): encoding vs counting throughput, igot vs baselines.
+"""Benchmark of igot.counting: throughput by regime against the pure-Python reference, lookup, memory.
 
-Domain = HPO + GO definitions, general = State of the Union addresses, all encoded with the SmolLM2
-tokenizer by igot.corpus.encode_corpus. Baselines, measured in the same run on the same arrays:
-  * count_ngrams_reference (pure Python, collections.Counter over tuples) on a prefix of the domain stream;
-  * a vectorised numpy counter written here (per n: windows masked by boundaries, np.unique on a void view);
-    its table is checked equal to igot's before any time is reported.
-Memory: igot's own accounting (peak capacity of the counting hash tables + the output arrays, per distinct
-n-gram) and, from a subprocess, the growth of its peak RSS (VmHWM) during one count.
+Regimes (issue 10 §3), each counted by igot with 1 thread and with all threads and, on the same tokens in
+the same run, by the pure-Python reference count_ngrams_reference and by a vectorised numpy counter
+written here (per n: windows masked by boundaries, np.unique on a void view); both tables are checked
+equal to igot's before any time is reported:
+  * real biomedical text inside words: HPO + GO definitions, SmolLM2 tokenizer, max_n = 8 (few distinct);
+  * a high-cardinality stream: 4 M random ids in 0..40, 30% word starts, max_n = 6 (most n-grams distinct);
+  * both again across words (the random one on its first 1 M tokens, so the reference ends in minutes).
+Memory budgets: the biomedical stream across words under two budgets, against the unbounded count.
+Lookup: the domain's n-grams looked up in the general corpus (SOTU) by igot (1 thread, and all threads)
+and by lookup_reference, a pure-Python lookup of the same keys. Memory: igot's own accounting (peak
+bytes of the counting tables and key buffers + the output arrays, per distinct n-gram) and, from a
+subprocess, the growth of its peak RSS (VmHWM) during one count.
 
     .venv/bin/python benchmarks/bench_counting.py [--quick] [--repeat 3] [--out /tmp/igot_results/counting.md]
 """
@@ -26,9 +31,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from igot import data
 from igot.corpus import encode_corpus
-from igot.counting import NgramTable, count_ngrams, count_ngrams_reference, count_words, count_words_reference
-
-MAX_N = 8
+from igot.counting import NgramTable, count_ngrams, count_words
+from igot.counting import count_ngrams_reference, count_words_reference, lookup_reference  # the baselines
 
 
 def numpy_count_ngrams(ids: np.ndarray, word_starts: np.ndarray | None, doc_starts: np.ndarray | None, *,
@@ -85,6 +89,12 @@ def encode(docs: list[str], tokenizer: Path):
     return corpus, seconds
 
 
+def random_stream(n_tokens: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, None]:
+    """The high-cardinality stream of issue 10: ids uniform in 0..40, 30% of positions start a word."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 41, n_tokens).astype(np.uint32), rng.random(n_tokens) < 0.3, None
+
+
 # The peak RSS comes from VmHWM: a forked child inherits the parent's ru_maxrss, which would hide it.
 _CHILD = """
 import json, sys, numpy as np
@@ -92,28 +102,31 @@ from igot.counting import count_ngrams
 def peak_kib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-folder, cross_words = sys.argv[1], sys.argv[2] == "1"
-ids, ws, ds = (np.load(f"{folder}/{k}.npy") for k in ("ids", "word_starts", "doc_starts"))
-count_ngrams(ids[:1000], ws[:1000], ds[:1000])  # load the extension before the baseline reading
+folder, cross_words, max_n = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
+ids, ws = np.load(f"{folder}/ids.npy"), np.load(f"{folder}/word_starts.npy")
+ds = np.load(f"{folder}/doc_starts.npy") if len(sys.argv) > 4 else None
+count_ngrams(ids[:1000], ws[:1000], None if ds is None else ds[:1000])  # load the extension first
 before = peak_kib()
-table = count_ngrams(ids, ws, ds, max_n=8, cross_words=cross_words)
+table = count_ngrams(ids, ws, ds, max_n=max_n, cross_words=cross_words)
 print(json.dumps({"delta_kib": peak_kib() - before, "distinct": len(table)}))
 """
 
 
-def rss_delta(corpus, cross_words: bool) -> dict:
-    """Peak-RSS growth (KiB, VmHWM) of a subprocess during one count_ngrams of the corpus (Linux)."""
+def rss_delta(stream, max_n: int, cross_words: bool) -> dict:
+    """Peak-RSS growth (KiB, VmHWM) of a subprocess during one count_ngrams of the stream (Linux)."""
     with tempfile.TemporaryDirectory() as folder:
-        for key in ("ids", "word_starts", "doc_starts"):
-            np.save(f"{folder}/{key}.npy", getattr(corpus, key))
-        out = subprocess.run([sys.executable, "-c", _CHILD, folder, "1" if cross_words else "0"], check=True,
-                             capture_output=True, text=True).stdout
+        for key, array in zip(("ids", "word_starts", "doc_starts"), stream):
+            if array is not None:
+                np.save(f"{folder}/{key}.npy", array)
+        args = [sys.executable, "-c", _CHILD, folder, "1" if cross_words else "0", str(max_n)]
+        out = subprocess.run(args + (["docs"] if stream[2] is not None else []), check=True, capture_output=True,
+                             text=True).stdout
     return json.loads(out)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a few thousand documents, one repeat")
+    parser.add_argument("--quick", action="store_true", help="smaller streams, one repeat")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", default="/tmp/igot_results/counting.md")
     args = parser.parse_args()
@@ -127,74 +140,88 @@ def main() -> int:
         domain_docs, general_docs = domain_docs[:4000], general_docs[:20]
     domain, encode_domain_s = encode(domain_docs, tokenizer)
     general, encode_general_s = encode(general_docs, tokenizer)
-    stream = (domain.ids, domain.word_starts, domain.doc_starts)
+    bio = (domain.ids, domain.word_starts, domain.doc_starts)
+    rand = random_stream(400_000 if args.quick else 4_000_000)
+    rand_across = tuple(None if a is None else a[: 200_000 if args.quick else 1_000_000] for a in rand)
     n_dom, n_gen = len(domain.ids), len(general.ids)
-    subset = (200_000 if not args.quick else 50_000), (40_000 if not args.quick else 10_000)
 
-    rows = []  # (what, tokens, igot seconds, baseline name, baseline seconds)
-    encode_rate = (n_dom + n_gen) / (encode_domain_s + encode_general_s)
-
-    for cross_words, n_sub in ((False, subset[0]), (True, subset[1])):
-        sub = tuple(a[:n_sub] for a in stream)
-        mode = "across words" if cross_words else "inside words"
-        ref_s, ref = timed(lambda: count_ngrams_reference(*sub, max_n=MAX_N, cross_words=cross_words), 1)
-        igot_s, got = timed(lambda: count_ngrams(*sub, max_n=MAX_N, cross_words=cross_words, threads=1), repeat)
-        assert same_table(got, ref), "igot and the Python reference disagree"
-        rows.append((f"count_ngrams {mode}, 1 thread, first {n_sub:,} tokens", n_sub, igot_s,
-                     "Python reference", ref_s))
-
-    tables = {}
-    for cross_words in (False, True):
-        mode = "across words" if cross_words else "inside words"
-        np_s, np_table = timed(lambda: numpy_count_ngrams(*stream, max_n=MAX_N, cross_words=cross_words), repeat)
-        for threads in (1, 0):
-            igot_s, got = timed(lambda: count_ngrams(*stream, max_n=MAX_N, cross_words=cross_words,
-                                                     threads=threads), repeat)
-            assert same_table(got, np_table), "igot and the numpy counter disagree"
-            label = "1 thread" if threads == 1 else f"all {cores} threads"
-            rows.append((f"count_ngrams {mode}, {label}, domain", n_dom, igot_s, "numpy (np.unique)", np_s))
-            if not cross_words and threads == 0:
-                count_inside_all_s = igot_s
-        tables[cross_words] = got
-
-    budget = 16 << 20
-    budget_s, bounded = timed(lambda: count_ngrams(*stream, max_n=MAX_N, cross_words=True, memory_budget=budget), 1)
-    assert same_table(bounded, tables[True]), "a memory budget changed the counts"
-    rows.append((f"count_ngrams across words, all {cores} threads, memory_budget=16 MiB "
-                 f"({bounded.passes} passes, peak tables {bounded.peak_table_bytes / 2**20:.1f} MiB)", n_dom, budget_s,
-                 "igot unbounded (same run)", rows[-1][2]))
-
-    table = tables[False]
-    general_stream = (general.ids, general.word_starts, general.doc_starts)
-    lookup_s, _ = timed(lambda: table.lookup(*general_stream), repeat)
-    ref_lookup_s, _ = timed(lambda: count_ngrams_reference(*general_stream, max_n=MAX_N), 1)
-    rows.append((f"lookup of {len(table):,} domain n-grams in general", n_gen, lookup_s,
-                 "Python reference count of general", ref_lookup_s))
-    words_s, words = timed(lambda: count_words(*stream), repeat)
-    ref_words_s, ref_words = timed(lambda: count_words_reference(*stream), 1)
-    assert same_table(words, ref_words)
-    rows.append(("count_words, domain", n_dom, words_s, "Counter reference", ref_words_s))
-
+    regimes = [  # (name, stream, max_n, cross_words)
+        ("biomedical text, inside words", bio, 8, False),
+        ("random ids 0..40, 30% word starts, inside words", rand, 6, False),
+        ("biomedical text, across words", bio, 8, True),
+        ("random ids 0..40, across words", rand_across, 6, True),
+    ]
     lines = [f"Command: `.venv/bin/python benchmarks/bench_counting.py{' --quick' if args.quick else ''}` "
-             f"({cores} cores, median of {repeat}; domain {n_dom:,} tokens = HPO + GO, general {n_gen:,} tokens "
-             f"= SOTU, SmolLM2 tokenizer, max_n={MAX_N})", "",
-             "| measurement | tokens | igot s | igot Mtok/s | baseline | baseline s | ratio (baseline / igot) |",
-             "|---|---:|---:|---:|---|---:|---:|"]
-    for what, tokens, igot_s, base, base_s in rows:
-        lines.append(f"| {what} | {tokens:,} | {igot_s:.4f} | {tokens / igot_s / 1e6:.2f} | {base} | "
-                     f"{base_s:.4f} | {base_s / igot_s:.1f}x |")
+             f"({cores} cores, igot median of {repeat}, baselines once; load average at start "
+             f"{os.getloadavg()[0]:.1f}; biomedical = HPO + GO, {n_dom:,} tokens, SmolLM2 tokenizer)", "",
+             "| regime | max_n | tokens | distinct n-grams | strategy | igot 1 thread s | Mtok/s | igot all "
+             f"{cores} threads s | Mtok/s | Python reference s | reference / igot 1 thread | numpy s "
+             "| numpy / igot 1 thread |", "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    tables = {}
+    for name, stream, max_n, cross_words in regimes:
+        tokens = len(stream[0])
+        one_s, got = timed(lambda: count_ngrams(*stream, max_n=max_n, cross_words=cross_words, threads=1), repeat)
+        all_s, got_all = timed(lambda: count_ngrams(*stream, max_n=max_n, cross_words=cross_words), repeat)
+        ref_s, ref = timed(lambda: count_ngrams_reference(*stream, max_n=max_n, cross_words=cross_words), 1)
+        assert same_table(got, ref) and same_table(got_all, ref), f"igot and the Python reference disagree: {name}"
+        del ref
+        np_s, np_table = timed(lambda: numpy_count_ngrams(*stream, max_n=max_n, cross_words=cross_words), 1)
+        assert same_table(got, np_table), f"igot and the numpy counter disagree: {name}"
+        del np_table
+        tables[name] = (got, stream, max_n, cross_words)
+        lines.append(f"| {name} | {max_n} | {tokens:,} | {len(got):,} | {got.strategy} | {one_s:.4f} | "
+                     f"{tokens / one_s / 1e6:.1f} | {all_s:.4f} | {tokens / all_s / 1e6:.1f} | {ref_s:.2f} | "
+                     f"{ref_s / one_s:.0f}x | {np_s:.3f} | {np_s / one_s:.1f}x |")
+        if name == regimes[0][0]:
+            count_inside_all_s = all_s
+
+    across, _, _, _ = tables[regimes[2][0]]
+    unbounded_s, _ = timed(lambda: count_ngrams(*bio, max_n=8, cross_words=True), repeat)
+    lines += ["", f"Memory budget, biomedical text across words (max_n = 8, all {cores} threads; unbounded: "
+              f"{unbounded_s:.3f} s, peak tables and key buffers {across.peak_table_bytes / 2**20:.1f} MiB)", "",
+              "| memory_budget | strategy | passes | peak tables and key buffers MiB | s | unbounded s / s |",
+              "|---:|---|---:|---:|---:|---:|"]
+    for budget in ((4 << 20, 16 << 20) if args.quick else (16 << 20, 64 << 20)):
+        budget_s, bounded = timed(lambda: count_ngrams(*bio, max_n=8, cross_words=True, memory_budget=budget), 1)
+        assert same_table(bounded, across), "a memory budget changed the counts"
+        lines.append(f"| {budget >> 20} MiB | {bounded.strategy} | {bounded.passes} | "
+                     f"{bounded.peak_table_bytes / 2**20:.1f} | {budget_s:.3f} | {unbounded_s / budget_s:.2f}x |")
+
+    table = tables[regimes[0][0]][0]
+    general_stream = (general.ids, general.word_starts, general.doc_starts)
+    ref_lookup_s, want = timed(lambda: lookup_reference(table, *general_stream), 1)
+    lookup_one_s, got_one = timed(lambda: table.lookup(*general_stream, threads=1), repeat)
+    lookup_all_s, got_all = timed(lambda: table.lookup(*general_stream), repeat)
+    assert np.array_equal(got_one, want) and np.array_equal(got_all, want), "igot and the Python lookup disagree"
+    lines += ["", f"Lookup of the {len(table):,} biomedical n-grams (inside words) in the general corpus "
+              f"(SOTU, {n_gen:,} tokens), the same keys for both", "",
+              "| lookup | s | Mtok/s | Python lookup / this |", "|---|---:|---:|---:|",
+              f"| lookup_reference (pure Python, dict of the same keys) | {ref_lookup_s:.3f} | "
+              f"{n_gen / ref_lookup_s / 1e6:.2f} | 1.0x |",
+              f"| NgramTable.lookup, 1 thread | {lookup_one_s:.4f} | {n_gen / lookup_one_s / 1e6:.1f} | "
+              f"{ref_lookup_s / lookup_one_s:.0f}x |",
+              f"| NgramTable.lookup, all {cores} threads | {lookup_all_s:.4f} | {n_gen / lookup_all_s / 1e6:.1f} | "
+              f"{ref_lookup_s / lookup_all_s:.0f}x |"]
+
+    words_s, words = timed(lambda: count_words(*bio), repeat)
+    ref_words_s, ref_words = timed(lambda: count_words_reference(*bio), 1)
+    assert same_table(words, ref_words)
+    encode_rate = (n_dom + n_gen) / (encode_domain_s + encode_general_s)
     count_rate = n_dom / count_inside_all_s
-    lines += ["", "| stage (all cores) | tokens/s | ratio |", "|---|---:|---:|",
+    lines += ["", "| count_words, biomedical text | tokens | igot s | Counter reference s | ratio |",
+              "|---|---:|---:|---:|---:|",
+              f"| all {cores} threads | {n_dom:,} | {words_s:.4f} | {ref_words_s:.3f} | {ref_words_s / words_s:.0f}x |",
+              "", "| stage (all cores) | tokens/s | ratio |", "|---|---:|---:|",
               f"| encode_corpus (SmolLM2, HF tokenizers), domain + general | {encode_rate:,.0f} | 1 |",
-              f"| count_ngrams inside words, domain | {count_rate:,.0f} | "
+              f"| count_ngrams biomedical text inside words | {count_rate:,.0f} | "
               f"{count_rate / encode_rate:.0f}x encoding's rate |"]
-    lines += ["", "| memory, whole domain, max_n=8 | distinct n-grams | peak hash tables B / n-gram | "
-              "output arrays B / n-gram | peak RSS growth B / n-gram (subprocess, VmHWM) |", "|---|---:|---:|---:|---:|"]
-    for cross_words, t in tables.items():
+    lines += ["", "| memory, one count | distinct n-grams | peak tables and key buffers B / n-gram | "
+              "output arrays B / n-gram | peak RSS growth B / n-gram (subprocess, VmHWM) |",
+              "|---|---:|---:|---:|---:|"]
+    for name, (t, stream, max_n, cross_words) in tables.items():
         out_bytes = t.offsets.nbytes + t.ids.nbytes + t.counts.nbytes
-        rss = rss_delta(domain, cross_words)
-        lines.append(f"| {'across' if cross_words else 'inside'} words | {len(t):,} | "
-                     f"{t.peak_table_bytes / len(t):.1f} | {out_bytes / len(t):.1f} | "
+        rss = rss_delta(stream, max_n, cross_words)
+        lines.append(f"| {name} | {len(t):,} | {t.peak_table_bytes / len(t):.1f} | {out_bytes / len(t):.1f} | "
                      f"{rss['delta_kib'] * 1024 / rss['distinct']:.1f} |")
     text = "\n".join(lines)
     print(text)

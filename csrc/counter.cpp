@@ -1134,6 +1134,9 @@ bool count_partitioned(const Scan& scan, Packing packing, size_t work, size_t k,
 
     // Distinct keys go back into the key buffer, in place; their counts into one array per worker.
     out.count_storage.resize(k);
+    // Room for every key to be distinct, reserved (not touched) up front: growing by copies would
+    // write the counts twice into fresh pages, which cost more than the copies themselves here.
+    for (auto& counts : out.count_storage) counts.reserve(std::min<uint64_t>(occurrences, uint64_t(1) << 28));
     struct Part {
         size_t worker = 0, first_count = 0, n = 0;  // counts at count_storage[worker][first_count, + n)
         const K* keys = nullptr;

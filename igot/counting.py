@@ -391,6 +391,25 @@ def count_ngrams_reference(ids: Sequence[int], word_starts: Sequence[bool] | Non
     return NgramTable(offsets, flat, counts, max_n=max_n, min_count=min_count, cross_words=cross_words)
 
 
+def lookup_reference(table: NgramTable, ids: Sequence[int], word_starts: Sequence[bool] | None = None,
+                     doc_starts: Sequence[bool] | None = None) -> np.ndarray:
+    """Slow pure-Python twin of NgramTable.lookup (the test oracle and the lookup benchmark's baseline).
+
+    Looks up every window of the table's n-gram lengths in a dict of the table's n-grams, segment by
+    segment (the table's cross_words decides whether word starts end a segment).
+    """
+    index = {table.ngram(i): i for i in range(len(table))}
+    lengths = sorted({len(key) for key in index})
+    counts = np.zeros(len(table), dtype=np.int64)
+    for segment in _reference_segments(ids, word_starts, doc_starts, table.cross_words):
+        for n in lengths:
+            for i in range(len(segment) - n + 1):
+                j = index.get(tuple(segment[i : i + n]))
+                if j is not None:
+                    counts[j] += 1
+    return counts
+
+
 def count_words_reference(ids: Sequence[int], word_starts: Sequence[bool],
                           doc_starts: Sequence[bool] | None = None) -> WordTable:
     """Slow pure-Python twin of count_words (the test oracle)."""

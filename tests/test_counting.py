@@ -15,6 +15,7 @@ from igot.counting import (
     count_ngrams_reference,
     count_words,
     count_words_reference,
+    lookup_reference,
 )
 
 LARGE_IDS = [0, 1, 2**31, 2**32 - 2, 2**32 - 1]  # no value is a sentinel, the top ones included
@@ -136,10 +137,12 @@ def test_merge_of_parts_split_at_a_document_equals_one_pass(stream, data):
 def test_lookup_counts_the_table_ngrams_in_another_stream(domain, general, cross_words):
     table = count_ngrams(*domain, max_n=4, cross_words=cross_words)
     want = count_ngrams_reference(*general, max_n=4, cross_words=cross_words).to_dict()
+    expected = [want.get(table.ngram(i), 0) for i in range(len(table))]
+    assert lookup_reference(table, *general).tolist() == expected
     for threads in (1, 3):
         got = table.lookup(*general, threads=threads)
         assert got.dtype == np.int64
-        assert got.tolist() == [want.get(table.ngram(i), 0) for i in range(len(table))]
+        assert got.tolist() == expected
 
 
 @given(streams(max_len=200))
