@@ -429,3 +429,65 @@ def test_cli_set_overrides_and_errors(workspace, tmp_path):
     assert bad.returncode == 2 and "unknown key 'lr_max' in [train]" in bad.stderr
     cfg = TrainConfig.from_toml(config, overrides=["train.lr=1e-4", "stage.1.tokens=4e3", "stage.0.curriculum=ppl_ascending"])
     assert cfg.train.lr == 1e-4 and cfg.stages[1].tokens == 4000 and cfg.stages[0].curriculum == "ppl_ascending"
+
+
+def test_batch_that_does_not_split_over_the_ranks_is_refused(workspace):
+    cfg = TrainConfig.from_dict(config_dict(workspace, workspace["root"] / "never"))  # 512 = 4 x 128 on one rank
+    source = Source("s", np.zeros(10, np.uint32), np.ones(10, np.uint32), np.array([0, 10]), Path("."))
+    assert len(_plan_stages(cfg, {"domain": source, "general": source}, world=2)) == 2
+    with pytest.raises(ValueError, match=r"batch_tokens=512 is not divisible by train.micro_batch_tokens x ranks = 128 x 3"):
+        _plan_stages(cfg, {"domain": source, "general": source}, world=3)
+
+
+def test_models_the_fused_loss_cannot_train_are_refused():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from igot.model import causal_lm_parts
+    from igot.train.model import check_accepts_embeds
+
+    gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=8))
+    with pytest.raises(ValueError, match="final_logit_softcapping=30.0"):
+        causal_lm_parts(gemma)
+
+    class NoEmbedsBody(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return input_ids
+
+    with pytest.raises(ValueError, match="NoEmbedsBody.forward takes no inputs_embeds.*patch_size = 1"):
+        check_accepts_embeds(NoEmbedsBody())
+
+
+def test_gpt2_architecture_trains_with_patches(workspace, tmp_path):
+    """Not only Llama: GPT-2 (learned positions, a Conv1D body, tied head) through both stage kinds."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from igot.data import smollm2
+
+    torch.manual_seed(0)
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=49152, n_embd=32, n_layer=2, n_head=2, n_positions=128)).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(smollm2() / name, folder / name)
+    cfg = config_dict(workspace, tmp_path / "run", eval_every=0, checkpoint_every=0)
+    cfg["model"]["path"] = str(folder)
+    cfg["data"]["heldout"] = {"domain": [workspace["domain_heldout"]]}
+    result = train(TrainConfig.from_dict(cfg), progress=False)
+    evals = [r for r in read_metrics(tmp_path / "run") if r.get("event") == "eval"]
+    assert result.steps == 8 and evals[-1]["heldout_bpb"]["domain"] < evals[0]["heldout_bpb"]["domain"]
+
+
+def test_fsdp2_under_torchrun_resumes_and_matches_one_process(workspace, finished_run):
+    """FSDP2 on two gloo ranks, killed while writing a checkpoint, resumed with the same world size."""
+    out = workspace["root"] / "fsdp"
+    config = _write_config(workspace, out, fsdp=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "igot.cli", "train", "--config", str(config), "--no-progress"]
+    killed = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, KILL_IN_CHECKPOINT_ENV: "6"})
+    assert killed.returncode != 0 and (out / "checkpoints/step_4/dcp").is_dir()
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    one, sharded = final_weights(finished_run[0]), final_weights(out)
+    for name in one:
+        torch.testing.assert_close(sharded[name], one[name], rtol=2e-5, atol=2e-6)

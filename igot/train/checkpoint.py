@@ -71,10 +71,14 @@ def save_checkpoint(folder: Path, step: int, module: Any, optimizer: Any, traine
     barrier()
     if fsdp:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
-        model_state, optim_state = get_state_dict(module, optimizer)
-        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp / "dcp"))
+        if optimizer.state:
+            model_state, optim_state = get_state_dict(module, optimizer)
+            dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp / "dcp"))
+        else:  # get_state_dict would take a zero-gradient step to create state, which moves Adam's step count
+            dcp.save({"model": get_model_state_dict(module)}, checkpoint_id=str(tmp / "dcp"))
+        trainer_state = {**trainer_state, "optimizer_fresh": not optimizer.state}
     elif rank == 0:
         _save_torch({"model": module.state_dict(), "optimizer": optimizer.state_dict()}, tmp / "state.pt")
     _save_torch(_rng_state(), tmp / f"rng_rank{rank}.pt")
@@ -98,14 +102,21 @@ def load_checkpoint(path: Path, module: Any, optimizer: Any, *, rank: int, fsdp:
     Raises:
         FileNotFoundError: the rank's RNG file is missing (the checkpoint was written by another world size).
     """
+    trainer_state = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
     if fsdp:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
+                                                             set_model_state_dict, set_state_dict)
 
-        model_state, optim_state = get_state_dict(module, optimizer)
-        state = {"model": model_state, "optimizer": optim_state}
-        dcp.load(state, checkpoint_id=str(path / "dcp"))
-        set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        if trainer_state.get("optimizer_fresh"):  # saved before the optimizer's first step: keep it fresh
+            state = {"model": get_model_state_dict(module)}
+            dcp.load(state, checkpoint_id=str(path / "dcp"))
+            set_model_state_dict(module, state["model"])
+        else:
+            model_state, optim_state = get_state_dict(module, optimizer)
+            state = {"model": model_state, "optimizer": optim_state}
+            dcp.load(state, checkpoint_id=str(path / "dcp"))
+            set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     else:
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         module.load_state_dict(state["model"])
@@ -114,7 +125,7 @@ def load_checkpoint(path: Path, module: Any, optimizer: Any, *, rank: int, fsdp:
     if not rng_file.is_file():
         raise FileNotFoundError(f"{rng_file} is missing: resume with the world size that wrote {path}")
     _set_rng_state(torch.load(rng_file, weights_only=False))
-    return json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+    return trainer_state
 
 
 def _rng_state() -> dict[str, Any]:

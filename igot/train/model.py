@@ -94,14 +94,24 @@ def load_model(cfg: ModelConfig, tokenizer: RunTokenizer, needs_embeds: bool) ->
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=torch.float32)
-    body, head = causal_lm_parts(model)
-    if needs_embeds and "inputs_embeds" not in inspect.signature(body.forward).parameters:
-        raise ValueError(f"{type(body).__name__}.forward takes no inputs_embeds, so patch_size > 1 cannot train "
-                         "it; use patch_size = 1 for this model")
+    body, _ = causal_lm_parts(model)
+    if needs_embeds:
+        check_accepts_embeds(body)
     if tokenizer.extended:
         extend_model(model, cfg.path, tokenizer.tokenizer, init=cfg.init, pad_to_multiple_of=cfg.pad_to_multiple_of)
     _check_head_gives_logits(model)
     return model
+
+
+def check_accepts_embeds(body: Any) -> None:
+    """Refuse a body whose forward takes no inputs_embeds (patch stages feed averaged embeddings).
+
+    Raises:
+        ValueError: naming the body's class and the way out (patch_size = 1).
+    """
+    if "inputs_embeds" not in inspect.signature(body.forward).parameters:
+        raise ValueError(f"{type(body).__name__}.forward takes no inputs_embeds, so patch_size > 1 cannot train "
+                         "it; use patch_size = 1 for this model")
 
 
 def _check_head_gives_logits(model: Any) -> None:
