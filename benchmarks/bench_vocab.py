@@ -13,6 +13,13 @@ Then the code domain (CPython stdlib, general = Python docs) at one budget, and 
 at one budget with verify=True, i.e. G2/G3 checked on every train, held-out and general document.
 
     .venv/bin/python benchmarks/bench_vocab.py --only model-types   # just that last table
+    .venv/bin/python benchmarks/bench_vocab.py --only speed         # extend_tokenizer vs one encode pass
+
+The speed table (issue 10) times `extend_tokenizer(budget=2000, verify=True)` against one `encode_batch`
+pass of a freshly loaded base over the same documents (domain train + general train + domain held-out),
+interleaved in one process (the order alternates per repeat), after one small warm-up call that loads the
+Numba selection kernels; medians of the repeats. Wall time is the goal's measure; CPU time (all threads of
+the process) is printed too, as the shared 2-core box makes wall time noisy.
 """
 from __future__ import annotations
 
@@ -157,6 +164,62 @@ def model_types(budget: int, repeats: int, quick: bool, rows: list[dict], on_row
         on_row()
 
 
+def extend_speed(repeats: int, quick: bool, rows: list[dict], on_row) -> None:
+    """extend_tokenizer wall time / one encode_batch pass over the same documents, on two corpus pairs."""
+    base_path = data.tokenizer_path("smollm2")
+    warm = corpora(("hpo",), ("moby_dick",), True)
+    extend_tokenizer(base_path, warm[0][:500], warm[1][:2], budget=50, progress=False)  # loads the Numba kernels
+    for label, domain_names, general_names in (("biomedical (HPO+GO vs sotu+moby_dick)", ("hpo", "go"),
+                                                 ("sotu", "moby_dick")),
+                                                ("code (pystdlib vs pydoc)", ("pystdlib",), ("pydoc",))):
+        train, general, held_domain, _ = corpora(domain_names, general_names, quick)
+        everything = train + general + held_domain
+        times: dict[str, list[tuple[float, float]]] = {"encode": [], "extend": []}
+        reports = []
+
+        def encode() -> None:
+            Tokenizer.from_file(str(base_path)).encode_batch(everything, add_special_tokens=False)
+
+        def extend() -> None:
+            reports.append(extend_tokenizer(base_path, train, general, budget=2000, heldout=held_domain,
+                                            progress=False).report)
+
+        for repeat in range(repeats):
+            pair = (("encode", encode), ("extend", extend))
+            for name, run in pair if repeat % 2 == 0 else pair[::-1]:
+                wall, cpu = time.perf_counter(), time.process_time()
+                run()
+                times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+        wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+        cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
+        phases = {k: statistics.median(r["timings_s"][k] for r in reports) for k in reports[0]["timings_s"]}
+        ratios = [e[0] / b[0] for e, b in zip(times["extend"], times["encode"])]
+        last = reports[-1]
+        rows.append({"corpus": label, "docs": len(everything), "tokens": sum(v["base"] for v in last["tokens"].values()),
+                     "encode_s": wall["encode"], "extend_s": wall["extend"], "ratio": wall["extend"] / wall["encode"],
+                     "ratio_range": (min(ratios), max(ratios)), "cpu_ratio": cpu["extend"] / cpu["encode"],
+                     "phases": phases, "checked": last["checked"], "entries": last["entries_added"],
+                     "verified": last["verified"] and not last["dropped_by_verification"]})
+        r = rows[-1]
+        print(f"[speed] {label}: encode_batch {r['encode_s']:.2f} s, extend_tokenizer {r['extend_s']:.2f} s, "
+              f"ratio {r['ratio']:.2f} (CPU {r['cpu_ratio']:.2f}), phases {phases}", file=sys.stderr)
+        on_row()
+
+
+def speed_table(rows: list[dict]) -> str:
+    header = ["corpora (SmolLM2, budget 2,000)", "documents", "base tokens", "one encode_batch pass s",
+              "extend_tokenizer s", "ratio extend / encode (wall)", "per-repeat range", "ratio (CPU time)",
+              "encode+count / select / write / verify s", "distinct words / whole documents checked",
+              "G2/G3 verified"]
+    return markdown(header, "lrrrrrrrrrl", [
+        [r["corpus"], f"{r['docs']:,}", f"{r['tokens']:,}", f"{r['encode_s']:.2f}", f"{r['extend_s']:.2f}",
+         f"{r['ratio']:.2f}", f"{r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}", f"{r['cpu_ratio']:.2f}",
+         " / ".join(f"{r['phases'].get(k, 0.0):.2f}" for k in ("encode_count", "select", "write", "verify")),
+         f"{r['checked']['distinct_words']:,} / {r['checked']['whole_documents']:,}",
+         "yes" if r["verified"] else "NO"]
+        for r in rows])
+
+
 def markdown(header: list[str], align: str, rows: list[list[str]]) -> str:
     """A markdown table from header names, one alignment letter per column ("l" or "r") and rows of cells."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
@@ -207,7 +270,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a quarter of each corpus, budgets 500/2000")
     parser.add_argument("--repeats", type=int, default=7, help="throughput repeats (median)")
     parser.add_argument("--out", default="/tmp/igot_results/vocab.md", help="markdown results file")
-    parser.add_argument("--only", choices=("methods", "model-types"), default=None, help="run one part")
+    parser.add_argument("--only", choices=("methods", "model-types", "speed"), default=None, help="run one part")
+    parser.add_argument("--speed-repeats", type=int, default=3, help="repeats of the speed table (median)")
     args = parser.parse_args()
     budgets = [500, 2000] if args.quick else [500, 2000, 8000]
     command = "python benchmarks/bench_vocab.py" + (" --quick" if args.quick else "") + \
@@ -217,11 +281,13 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     type_rows: list[dict] = []
+    speed_rows: list[dict] = []
 
     def write(final: bool) -> None:  # after every row, so a killed run still leaves its measured rows
         status = f"{time.perf_counter() - start:.0f} s" + ("" if final else ", partial")
         parts = [main_table(rows), versus_table(rows)] if rows else []
         parts += [model_types_table(type_rows)] if type_rows else []
+        parts += [speed_table(speed_rows)] if speed_rows else []
         text = f"`{command}` ({status})\n\n" + "\n\n".join(parts) + "\n"
         tmp = out.with_suffix(".tmp")
         tmp.write_text(text)
@@ -236,6 +302,8 @@ def main() -> int:
                  lambda: write(False))
     if args.only in (None, "model-types"):
         model_types(2000, args.repeats, args.quick, type_rows, lambda: write(False))
+    if args.only in (None, "speed"):
+        extend_speed(args.speed_repeats, args.quick, speed_rows, lambda: write(False))
     write(True)
     return 0
 
