@@ -2,22 +2,53 @@
 
 Same greedy algorithms and tie-breaks as the Numba kernels (tests assert identical picks), written with
 dicts, lists and heapq. Strings of tokens are compared exactly (bytes or tuples of base ids) rather than
-by hash. Scores reuse the scalar formulas of the kernels' module (information_gain, specificity,
-phi_builtin: plain Python functions underneath their numba dispatchers, via .py_func).
+by hash. A merge updates only the pairs of the words it touches, as the kernel does, so the two run the
+same algorithm and their times compare (benchmarks/bench_scoring.py). The score formulas are written out
+here too, not imported from the kernels: a wrong formula on either side then fails the comparison, and
+tests/test_scoring.py checks these against the code length of an explicitly merged corpus. They keep the
+kernels' order of operations, so that equal scores tie the same way on both sides.
 """
 from __future__ import annotations
 
 import heapq
+import math
 from collections import defaultdict
 from typing import Callable, Sequence
 
 import numpy as np
 
+from igot._scoring_kernels import PHI_BPE, PHI_IG_ONLY  # the method codes, shared (not formulas)
 
-def _scalar_formulas():
-    from igot import _scoring_kernels as k
+SPEC_FLOOR = 3.0  # igot's φ: log2 of how much more often general text may use a candidate (see phi_builtin)
 
-    return k.information_gain.py_func, k.specificity.py_func, k.phi_builtin.py_func
+
+def _xlog2x(x: float) -> float:
+    return x * math.log2(x) if x > 0.0 else 0.0
+
+
+def information_gain(n: float, c_a: float, c_b: float, same: bool, total: float, vocab_size: int) -> float:
+    """Bits by which merging n pairs (a, b) shortens the unigram code length T log2 T - sum_t c_t log2 c_t,
+    minus 2 log2(V) for the entry: T and c_a, c_b lose n (c_a loses 2n when a == b), the new token has n."""
+    gain = _xlog2x(total) - _xlog2x(total - n) + _xlog2x(n)
+    if same:
+        return gain + (_xlog2x(c_a - 2.0 * n) - _xlog2x(c_a)) - 2.0 * math.log2(vocab_size)
+    return gain + (_xlog2x(c_a - n) - _xlog2x(c_a) + _xlog2x(c_b - n) - _xlog2x(c_b)) - 2.0 * math.log2(vocab_size)
+
+
+def specificity(n_domain: float, total_domain: float, n_general: float, total_general: float, alpha: float) -> float:
+    """log2 of the domain relative frequency over the general one, both add-alpha smoothed."""
+    domain = math.log2((n_domain + alpha) / (total_domain + alpha))
+    return domain - math.log2((n_general + alpha) / (total_general + alpha))
+
+
+def phi_builtin(code: int, ig: float, spec: float, count: float, pieces: float) -> float:
+    """φ of the built-in methods: the count (bpe), the gain (ig_only), or igot's count x w(s) with
+    w = 1 for s >= -SPEC_FLOOR and 2^(s + SPEC_FLOOR) below."""
+    if code == PHI_BPE:
+        return count
+    if code == PHI_IG_ONLY:
+        return ig
+    return count if spec >= -SPEC_FLOOR else count * 2.0 ** (spec + SPEC_FLOOR)
 
 
 def word_pairs(seg: Sequence[int]) -> dict[tuple[int, int], int]:
@@ -70,18 +101,19 @@ class Corpus:
         self.total_raw = sum(len(s) * x for s, x in zip(self.segs, self.raw))
 
     def merge(self, a: int, b: int, new: int) -> tuple[set[tuple[int, int]], float, int]:
-        """Apply (a, b) -> new everywhere; returns (pairs whose count changed, weighted, raw applications)."""
-        before = dict(self.pair_count)
+        """Apply (a, b) -> new in the words that hold the pair; returns (pairs whose count changed, weighted
+        applications, raw applications). Only the pairs of those words are touched."""
+        delta: dict[tuple[int, int], float] = defaultdict(float)
         applied_w, applied_raw = 0.0, 0
-        for w in sorted(self.pair_words.get((a, b), ())):
+        for w in list(self.pair_words.get((a, b), ())):
             old = self.segs[w]
             seg, k = merge_word(old, a, b, new)
-            if k == 0:
+            if k == 0:  # the pair left this word at an earlier merge (the word sets are never pruned)
                 continue
             for p, c in word_pairs(old).items():
-                self.pair_count[p] -= c * self.weight[w]
+                delta[p] -= c * self.weight[w]
             for p, c in word_pairs(seg).items():
-                self.pair_count[p] += c * self.weight[w]
+                delta[p] += c * self.weight[w]
                 self.pair_words[p].add(w)
             self.segs[w] = seg
             for t, d in ((a, -k), (b, -k), (new, k)):
@@ -90,7 +122,9 @@ class Corpus:
             self.total_raw -= k * self.raw[w]
             applied_w += k * self.weight[w]
             applied_raw += k * self.raw[w]
-        changed = {p for p, c in self.pair_count.items() if before.get(p, 0.0) != c}
+        changed = {p for p, d in delta.items() if d != 0.0}
+        for p in changed:
+            self.pair_count[p] += delta[p]
         return changed, applied_w, applied_raw
 
 
@@ -111,7 +145,6 @@ def select_pairs(
     base_strings: Sequence[bytes] | None,
 ) -> dict:
     """Lazy-greedy pair merges, as igot._scoring_kernels.select_pairs (same arguments in list form)."""
-    information_gain, specificity, phi_builtin = _scalar_formulas()
     score_fn = phi if phi is not None else (lambda c, ig, s, n, p: phi_builtin(c, ig, s, n, p))
     dom = Corpus(words, weights, raw)
     gen = Corpus(general, general_counts, general_counts) if general is not None else None
