@@ -82,6 +82,9 @@ def generation(args: argparse.Namespace) -> None:
             fate = "kept" if pair in kept_pairs else "dropped"
             print(f"  [{fate}, {reply.n_tokens} tokens, {'finished' if reply.finished else 'unfinished'}] "
                   f"{template.reply_prefix + reply.text!r}")
+    print("\nthe first reply each filter dropped, exactly as generated:\n")
+    for reason, reply in batched.examples.items():
+        print(f"  {reason}: {reply!r}")
     print(f"\nthe first {min(args.samples, len(kept))} lines of the output, exactly as written:\n")
     for line in kept[:args.samples]:
         print(line)

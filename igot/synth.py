@@ -622,6 +622,7 @@ class SynthSummary:
     generate_s: float = 0.0  # seconds inside the generator
     wall_s: float = 0.0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    examples: dict[str, str] = field(default_factory=dict)  # reason -> the first reply it dropped (prefix included)
     kept: int = 0
 
     @property
@@ -838,6 +839,7 @@ def synthesize(
                     reason, question, answer = check(reply, document)
                     if reason is not None:
                         summary.dropped[reason] += 1
+                        summary.examples.setdefault(reason, tmpl.reply_prefix + reply.text)
                         continue
                     summary.kept += 1
                     lines.append(json.dumps({"question": question, "answer": answer,

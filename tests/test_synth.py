@@ -292,6 +292,7 @@ def test_every_filter_on_crafted_replies_and_the_contamination_guard(tmp_path):
     assert [line["question"] for line in _lines(out)] == ["What does the disorder change in the kidney?",
                                                           "Where is the zygomatic bone?"]
     assert _lines(out)[0]["answer"] == good_answer  # markdown bold around the labels is not kept
+    assert summary.examples["malformed"] == "Question:" + replies["doc malformed"]
     assert summary.kept == 2 and summary.generated == summary.kept + sum(summary.dropped.values())
 
 
