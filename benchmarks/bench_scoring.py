@@ -8,7 +8,7 @@
 4. IGOT_τ: the saving curve of igot on a split held out from the train documents (every 10th), where τ is
    chosen ("auto" = the knee, and fixed τ values), and what each cut saves on the real held-out split.
 
-Usage: .venv/bin/python benchmarks/bench_scoring.py [--quick] [--out FILE]
+Usage: .venv/bin/python benchmarks/bench_scoring.py [--quick] [--reference-only] [--out FILE]
 """
 from __future__ import annotations
 
@@ -89,11 +89,13 @@ def tau_section(tok, train: list[str], general, heldout, n_base: int, top: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller subset, budgets up to 2000, 1 repeat")
+    parser.add_argument("--reference-only", action="store_true", help="only part 1 (Numba against Python)")
     parser.add_argument("--out", default=None, help="also write the tables (markdown) here")
     args = parser.parse_args()
     repeats = 1 if args.quick else 3
     budgets = BUDGETS[:2] if args.quick else BUDGETS
-    command = "benchmarks/bench_scoring.py" + (" --quick" if args.quick else "")
+    command = ("benchmarks/bench_scoring.py" + (" --quick" if args.quick else "")
+               + (" --reference-only" if args.reference_only else ""))
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(data.tokenizer_path("smollm2")))
@@ -106,24 +108,28 @@ def main() -> None:
     scoring.select_tokens(domain, 10, n_base=n_base, method="frequency", heldout=heldout)
     lines = [f"Command: `.venv/bin/python {command}`", ""]
 
-    # 1. Numba vs pure Python, same algorithm, same picks
+    # 1. Numba vs pure Python, same algorithm (a merge updates the pairs of the words it touches), same picks
     subset = word_table(tok, train[:1500]) if args.quick else domain
     sub_general = word_table(tok, data.load_corpus("sotu", "all")[:40]) if args.quick else general
     budget = 200 if args.quick else 500
     _, t_numba, sel = median_time(lambda: scoring.select_tokens(subset, budget, n_base=n_base, general=sub_general), repeats)
     _, t_py, out = median_time(lambda: ref.select_pairs(
         words_of(subset), subset.counts.astype(float), subset.counts, words_of(sub_general), sub_general.counts,
-        None, None, n_base, budget, scoring._kernels().PHI_IGOT, None, 0.5, 2.0, None), 1)
+        None, None, n_base, budget, scoring._kernels().PHI_IGOT, None, 0.5, 2.0, None), repeats)
     same = [tuple(m) for m in sel.merges.tolist()] == [tuple(int(x) for x in m) for m in out["merges"]]
     lines += [
         f"Numba vs pure Python (method igot, budget {budget}, {len(subset.counts)} words, "
-        f"{sel.n_candidates} candidate pairs; same picks: {same})", "",
+        f"{sel.n_candidates} candidate pairs; same picks: {same}; median of {repeats}; machine load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)", "",
         "| version | CPU time (s) | ratio (python / numba) |", "|---|---|---|",
         f"| pure Python (igot/_scoring_reference.py) | {t_py:.3f} | 1.0 |",
-        f"| Numba (igot.scoring) | {t_numba:.4f} | {t_py / t_numba:.0f}x |", "",
+        f"| Numba (igot.scoring) | {t_numba:.4f} | {t_py / t_numba:.1f}x |", "",
     ]
     if not same:
         raise SystemExit("Numba and Python picks differ: " + "\n".join(lines))
+    if args.reference_only:
+        print("\n".join(lines))
+        return
 
     # 2. + 3. full corpus: selection time and held-out saving
     top = max(budgets)
