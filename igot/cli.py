@@ -355,11 +355,46 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model: ontology multiple choice or held-out bits per byte",
+                       description="ontology: held-out HPO/GO term names with four candidate definitions, scored by "
+                       "per-byte log-likelihood (chance 25%%); bpb: bits per byte on held-out sets.")
+    p.add_argument("--model", required=True, help="Hugging Face model folder (e.g. an igot train run's final/)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder or tokenizer.json (default: the model's)")
+    p.add_argument("--bench", choices=["ontology", "bpb"], default="ontology")
+    p.add_argument("--questions", type=int, default=500, help="ontology: questions (0 = every held-out term)")
+    p.add_argument("--seed", type=int, default=0, help="ontology: sample, distractors and choice order")
+    p.add_argument("--bos", default=None, help="token before each text (default: the tokenizer's eos token)")
+    p.add_argument("--heldout", nargs="+", default=["hpo:heldout", "go:heldout"], help="bpb: corpora or files")
+    p.add_argument("--eval-docs", type=int, default=200, help="bpb: the first documents of each held-out set")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="write the result as JSON here")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .eval import evaluate, write_result
+
+    result = evaluate(args.model, tokenizer=args.tokenizer, bench=args.bench, n_questions=args.questions or None,
+                      seed=args.seed, bos=args.bos, heldout=args.heldout, eval_docs=args.eval_docs, device=args.device)
+    if args.bench == "ontology":
+        print(f"{args.model}: ontology accuracy {result['accuracy']:.1%} +- {result['stderr']:.1%} over "
+              f"{result['n']} questions (chance {result['chance']:.0%}; {result['skipped']} skipped); "
+              + ", ".join(f"{c} {v['accuracy']:.1%} (n={v['n']})" for c, v in result["by_corpus"].items()))
+    else:
+        print(json.dumps(result["bpb"], indent=1))
+    if args.out:
+        write_result(result, args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the `igot` argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="igot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_data, _add_encode, _add_extend, _add_count, _add_extend_model, _add_train, _add_demo, _add_plan,
+    for add in (_add_data, _add_encode, _add_extend, _add_count, _add_extend_model, _add_train, _add_eval, _add_demo, _add_plan,
                 _add_synth):
         add(sub)
     return parser

