@@ -158,6 +158,16 @@ class Checked:
     whole_documents: int = 0  # documents encoded whole with both tokenizers
 
 
+def _model_ids(tokenizer: Tokenizer, words: list[str]) -> list[list[int]]:
+    """The ids the tokenizer's model alone gives each word (no normalizer, pre-tokenizer or added tokens)."""
+    from tokenizers import Tokenizer
+
+    model_only = Tokenizer(tokenizer.model)  # shares the model; nothing else runs
+    # encode_batch_fast skips the offsets (tokenizers >= 0.20), which only cost time here
+    encode = getattr(model_only, "encode_batch_fast", model_only.encode_batch)
+    return [e.ids for e in encode(words, add_special_tokens=False)]
+
+
 class WordCheck:
     """The base side of the check, done once; `run` counts and checks one extended tokenizer against it."""
 
@@ -169,8 +179,6 @@ class WordCheck:
             tok_json: its parsed tokenizer.json.
             corpora: name -> (documents, their CorpusWords from count_corpus).
         """
-        from tokenizers import Tokenizer
-
         self.base, self.corpora = untruncated(base), corpora
         self.unmergeable = frozenset(unmergeable_ids(tok_json).tolist())
         model = tok_json["model"]
@@ -182,20 +190,17 @@ class WordCheck:
         self.base_ids: list[list[int]] = []
         self.where: dict[str, np.ndarray] = {}  # corpus -> int64 [W_c] position of each of its words in texts
         for name, (_, counted) in corpora.items():
-            table = counted.words
-            ids, bounds = table.ids.tolist(), table.offsets.tolist()
+            ids, bounds = counted.words.ids.tolist(), counted.words.offsets.tolist()
             where = []
-            for a, b in zip(bounds[:-1], bounds[1:]):
-                word = ids[a:b]
-                text = self._join(word)
+            for a, b, text in zip(bounds[:-1], bounds[1:], self._texts(counted.words)):
                 k = index.setdefault(text, len(self.texts))
                 if k == len(self.texts):
                     self.texts.append(text)
-                    self.base_ids.append(word)
+                    self.base_ids.append(ids[a:b])
                 where.append(k)
             self.where[name] = np.array(where, np.int64)
-        again = Tokenizer(base.model).encode_batch(self.texts, add_special_tokens=False)
-        self.faithful = np.array([e.ids == ids for e, ids in zip(again, self.base_ids)], bool)  # [W]
+        again = _model_ids(base, self.texts)
+        self.faithful = np.array([a == b for a, b in zip(again, self.base_ids)], bool)  # [W]
         self.by_document = {name for name in corpora if not separable_decoder(tok_json.get("decoder"))
                             or not self.faithful[self.where[name]].all()}
         first = np.flatnonzero(self.faithful)
@@ -211,14 +216,12 @@ class WordCheck:
         Returns:
             The Checked counts and offences.
         """
-        from tokenizers import Tokenizer
-
         result = Checked()
         same_words = new.get_added_tokens_decoder() == self.base.get_added_tokens_decoder()
         by_document = self.by_document if same_words else set(self.corpora)
         new_len = np.zeros(len(self.texts), np.int64)  # [W]
         if len(by_document) < len(self.corpora):
-            fresh = [e.ids for e in Tokenizer(new.model).encode_batch(self.texts, add_special_tokens=False)]
+            fresh = _model_ids(new, self.texts)
             new_len = np.fromiter(map(len, fresh), np.int64, len(fresh))
             if check:
                 self._check_words(new, fresh, result)
@@ -233,13 +236,28 @@ class WordCheck:
             result.counts[name] = (counted.n_tokens, word_new + self._check_documents(plain_new, whole, check, result))
         return result
 
-    def _join(self, ids: list[int], strings: list[str] | None = None, new: Tokenizer | None = None) -> str:
-        """The text a model read to give `ids` (WordPiece continuations lose their prefix)."""
-        table = strings or self.strings
+    def _texts(self, words: WordTable) -> list[str]:
+        """The text of every word of a table (the same as _join, word by word, in one sweep)."""
+        pieces = [self.strings[i] for i in words.ids.tolist()]
+        bounds = words.offsets.tolist()
+        if self.prefix:
+            later = np.ones(len(pieces), bool)  # [N] pieces after the first of their word
+            later[bounds[:-1]] = False
+            for i in np.flatnonzero(later).tolist():
+                pieces[i] = self._continuation(pieces[i])
+        return ["".join(pieces[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _join(self, ids: list[int], new: Tokenizer | None = None) -> str:
+        """The text a model read to give `ids` (WordPiece continuations lose their prefix); new ids need `new`."""
+        table = self.strings
         pieces = [table[i] if i < len(table) else new.id_to_token(i) for i in ids]  # type: ignore[union-attr]
-        if self.prefix:  # WordPiece: only the first piece is word-initial; "\0" marks one that breaks this
-            pieces[1:] = [p[len(self.prefix):] if p.startswith(self.prefix) else "\0" + p for p in pieces[1:]]
+        if self.prefix:
+            pieces[1:] = map(self._continuation, pieces[1:])
         return "".join(pieces)
+
+    def _continuation(self, piece: str) -> str:
+        """A WordPiece piece after the first of its word, as text; "\0" marks one without the prefix."""
+        return piece[len(self.prefix):] if piece.startswith(self.prefix) else "\0" + piece
 
     def _check_words(self, new: Tokenizer, fresh: list[list[int]], result: Checked) -> None:
         pending = []  # words whose new ids differ but pass the length and text rules: decode them
