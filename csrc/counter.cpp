@@ -1066,7 +1066,8 @@ bool count_direct(const Scan& scan, size_t work, size_t k, size_t max_slots, int
     return true;
 }
 
-// Partitioned count (section 2 above); false when the memory budget cannot hold one bucket's keys.
+// Partitioned count (section 2 above); false when the limit cannot hold the histograms or one bucket's
+// keys (all n-grams with the same leading ids), or a bucket holds 2^32 keys or more.
 template <class K, class Scan>
 bool count_partitioned(const Scan& scan, Packing packing, size_t work, size_t k, const EngineOptions& opt,
                        Counted<K>& out, Table& stats) {
@@ -1121,7 +1122,8 @@ bool count_partitioned(const Scan& scan, Packing packing, size_t work, size_t k,
     std::vector<size_t> pass_start{0};
     uint64_t keys_in_pass = 0, largest = 0;
     for (size_t p = 0; p < n_parts; ++p) {
-        if (fixed + pass_bytes(part_keys[p], part_keys[p]) > limit) return false;
+        // count_run counts a partition's keys in 32 bits
+        if (part_keys[p] > UINT32_MAX || fixed + pass_bytes(part_keys[p], part_keys[p]) > limit) return false;
         if (p > pass_start.back() &&
             fixed + pass_bytes(keys_in_pass + part_keys[p], std::max(largest, part_keys[p])) > limit) {
             pass_start.push_back(p);
