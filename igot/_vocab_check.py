@@ -199,10 +199,11 @@ class WordCheck:
                     self.base_ids.append(ids[a:b])
                 where.append(k)
             self.where[name] = np.array(where, np.int64)
-        again = _model_ids(base, self.texts)
-        self.faithful = np.array([a == b for a, b in zip(again, self.base_ids)], bool)  # [W]
-        self.by_document = {name for name in corpora if not separable_decoder(tok_json.get("decoder"))
-                            or not self.faithful[self.where[name]].all()}
+        self.faithful = np.zeros(len(self.texts), bool)  # [W] rebuilt text re-encodes to the base ids
+        if separable_decoder(tok_json.get("decoder")):
+            again = _model_ids(base, self.texts)
+            self.faithful[:] = [a == b for a, b in zip(again, self.base_ids)]
+        self.by_document = {name for name in corpora if not self.faithful[self.where[name]].all()}
         first = np.flatnonzero(self.faithful)
         self.context = self.base_ids[first[0]] if len(first) else []  # a word to put before another
 

@@ -111,6 +111,9 @@ def extend_tokenizer(
 ) -> ExtendedTokenizer:
     """Extend a tokenizer with up to `budget` domain entries written as real merges / pieces.
 
+    The corpora are encoded once, with truncation and padding off whatever the base's tokenizer.json
+    says; the extended tokenizer keeps the base's truncation, padding, post-processor and special tokens.
+
     Args:
         base: an HF tokenizer folder (tokenizer.json and side files), a tokenizer.json path, or a
             tokenizers.Tokenizer.
@@ -128,8 +131,10 @@ def extend_tokenizer(
         heldout_fraction: share of domain documents held out when tau is set without `heldout`.
         seed: seed of the held-out split.
         doc_mode: how plain-text files split into documents (see read_documents).
-        verify: check G2/G3 on every document of the corpora (entries that break them are dropped and
-            the tokenizer rewritten; for BPE this never happens by construction).
+        verify: establish G2/G3 for every document of the corpora (entries that break them are dropped
+            and the tokenizer rewritten; for BPE this never happens by construction). The check runs the
+            base and new models once per distinct pre-token, which is exact (igot._vocab_check says why
+            and which documents it still encodes whole); the counts of the report come from it too.
         progress: show progress bars.
         **options: passed on to igot.scoring.select_tokens (e.g. max_n).
 
