@@ -25,8 +25,9 @@ MASKED_LOGIT = -1e30
 # The twin's one [chunk, V] buffer holds at least _TWIN_CHUNK_ELEMENTS logits (64 MiB in fp32) and at
 # least _TWIN_MIN_CHUNK_ROWS rows: every chunk reads and writes the whole fp32 grad_W once (8·V·H bytes
 # against 2·C·V·H flops of its matmul), so short chunks cost grad_W traffic. At SmolLM2's shape
-# (N = 4,096, H = 576, V = 51,200, fwd+bwd, 2-core box) 256 / 512 / 1,024 rows took 8.7 / 8.0 / 7.6
-# CPU-seconds (torch's chunked function at 512 rows: 7.9-9.3); 512 rows is torch's buffer size.
+# (N = 4,096, H = 576, V = 51,200, fwd+bwd; bench_fused_linear_ce.py --twin-rows 256 1024, 2-core box)
+# 256 / 512 / 1,024 rows took 8.56 / 7.82 / 7.53 CPU-seconds at a peak of 181 / 231 / 331 MiB, torch's
+# chunked F.linear_cross_entropy with its 512-row chunks 8.03 CPU-seconds at 255 MiB.
 _TWIN_CHUNK_ELEMENTS = 1 << 24
 _TWIN_MIN_CHUNK_ROWS = 512
 
