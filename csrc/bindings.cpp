@@ -19,11 +19,10 @@ using IdArray = py::array_t<uint32_t, py::array::c_style>;
 using FlagArray = py::array_t<bool, py::array::c_style>;
 using OffsetArray = py::array_t<int64_t, py::array::c_style>;
 
-template <class T, class Allocator>
-py::array_t<T> to_numpy(std::vector<T, Allocator>&& values) {
-    using Vector = std::vector<T, Allocator>;
-    auto* owned = new Vector(std::move(values));
-    py::capsule owner(owned, [](void* p) { delete static_cast<Vector*>(p); });
+template <class T>
+py::array_t<T> to_numpy(std::vector<T>&& values) {
+    auto* owned = new std::vector<T>(std::move(values));
+    py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
     return py::array_t<T>({static_cast<py::ssize_t>(owned->size())}, owned->data(), owner);
 }
 

@@ -3,8 +3,6 @@
 
 
 #include <algorithm>
-#include <cstdlib>
-#include <new>
 #include <atomic>
 #include <cstring>
 #include <exception>
@@ -13,32 +11,7 @@
 #include <string>
 #include <thread>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
 namespace igot {
-
-constexpr size_t kHugePage = size_t(1) << 21;
-
-void* big_allocate(size_t bytes) {
-    if (bytes < kHugePage) return ::operator new(bytes);
-    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-    void* p = std::aligned_alloc(kHugePage, rounded);
-    if (p == nullptr) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-    madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without huge pages the memory works the same
-#endif
-    return p;
-}
-
-void big_deallocate(void* p, size_t bytes) noexcept {
-    if (bytes < kHugePage) {
-        ::operator delete(p);
-    } else {
-        std::free(p);
-    }
-}
 
 namespace {
 
@@ -792,7 +765,7 @@ public:
         size_ = 0;
     }
     void release() {
-        BigVector<Slot>().swap(slots_);
+        std::vector<Slot>().swap(slots_);
         size_ = 0;
     }
 
@@ -822,7 +795,7 @@ public:
     }
 
     void grow() {
-        BigVector<Slot> old;
+        std::vector<Slot> old;
         old.swap(slots_);
         slots_.assign(old.size() * 2, Slot{0, 0});
         set_shape(slots_.size());
@@ -835,7 +808,7 @@ public:
     }
 
     // Appends the keys counted at least min_count times to out.
-    void append_to(BigVector<Slot>& out, int64_t min_count) const {
+    void append_to(std::vector<Slot>& out, int64_t min_count) const {
         for (const Slot& s : slots_) {
             if (s.key != 0 && s.count >= min_count) out.push_back(s);
         }
@@ -847,7 +820,7 @@ private:
         mask_ = cap - 1;
     }
 
-    BigVector<Slot> slots_;
+    std::vector<Slot> slots_;
     size_t size_ = 0;
     size_t mask_ = 0;
     int shift_ = 60;
@@ -872,7 +845,7 @@ template <class K>
 struct KeySink {
     K* keys;
     size_t n;
-    BigVector<int64_t>& counts;
+    std::vector<int64_t>& counts;
     int64_t min_count;
     int64_t max_count;
 
@@ -957,8 +930,8 @@ struct Counted {
         const int64_t* counts;
         size_t n;
     };
-    std::vector<BigVector<K>> key_storage;
-    std::vector<BigVector<int64_t>> count_storage;
+    std::vector<std::vector<K>> key_storage;
+    std::vector<std::vector<int64_t>> count_storage;
     std::vector<Run> runs;
     size_t size = 0;
     int64_t max_count = 1;
@@ -1027,7 +1000,7 @@ bool count_direct(const Scan& scan, size_t work, size_t k, size_t max_slots, int
     // Sum equal keys across the workers' tables: sort each table's keys, merge the runs, add up.
     std::vector<size_t> cut(k + 1, 0);
     for (size_t t = 0; t < k; ++t) cut[t + 1] = cut[t] + tables[t].size();
-    BigVector<KeyCount<K>> all;
+    std::vector<KeyCount<K>> all;
     all.reserve(cut[k]);
     for (auto& table : tables) {
         table.append_to(all, k == 1 ? min_count : 1);
@@ -1053,8 +1026,8 @@ bool count_direct(const Scan& scan, size_t work, size_t k, size_t max_slots, int
         }
         all.resize(kept);
     }
-    BigVector<K> keys(all.size());
-    BigVector<int64_t> counts(all.size());
+    std::vector<K> keys(all.size());
+    std::vector<int64_t> counts(all.size());
     for (size_t i = 0; i < all.size(); ++i) {
         keys[i] = all[i].key;
         counts[i] = all[i].count;
@@ -1145,7 +1118,7 @@ bool count_partitioned(const Scan& scan, Packing packing, size_t work, size_t k,
     };
     std::vector<Part> parts(n_parts);
     std::vector<int64_t> max_count(k, 1);
-    std::vector<BigVector<K>> scratch(k);
+    std::vector<std::vector<K>> scratch(k);
     stats.passes = 0;
     for (size_t pass = 0; pass + 1 < pass_start.size(); ++pass) {
         const size_t first = pass_start[pass], n = pass_start[pass + 1] - first;
@@ -1153,7 +1126,7 @@ bool count_partitioned(const Scan& scan, Packing packing, size_t work, size_t k,
         // Partition first + p, worker t writes from at[p * k + t].
         std::vector<uint64_t> at(n * k + 1, 0);
         for (size_t j = 0; j < n * k; ++j) at[j + 1] = at[j] + part_worker_keys[first * k + j];
-        BigVector<K> buffer(at[n * k]);
+        std::vector<K> buffer(at[n * k]);
         Workers scatter;
         scatter.run(k, [&](size_t t) {
             std::vector<uint64_t> cursor(n);
@@ -1172,7 +1145,7 @@ bool count_partitioned(const Scan& scan, Packing packing, size_t work, size_t k,
             for (size_t p = next++; p < n && !counting.stopped(); p = next++) {
                 const size_t m = static_cast<size_t>(at[(p + 1) * k] - at[p * k]);
                 if (scratch[t].size() < m) {
-                    BigVector<K>().swap(scratch[t]);  // sized exactly: the budget counts its capacity
+                    std::vector<K>().swap(scratch[t]);  // sized exactly: the budget counts its capacity
                     scratch[t].resize(m);
                 }
                 K* keys = buffer.data() + at[p * k];
@@ -1186,7 +1159,7 @@ bool count_partitioned(const Scan& scan, Packing packing, size_t work, size_t k,
         uint64_t bytes = fixed + buffer.capacity() * sizeof(K);
         for (auto& s : scratch) {
             bytes += s.capacity() * sizeof(K);
-            BigVector<K>().swap(s);
+            std::vector<K>().swap(s);
         }
         stats.peak_table_bytes = std::max(stats.peak_table_bytes, bytes);
         if (pass_start.size() == 2) {  // one pass: the distinct keys stay in the buffer
@@ -1196,7 +1169,7 @@ bool count_partitioned(const Scan& scan, Packing packing, size_t work, size_t k,
         // Several passes: the next pass reuses the memory, so this pass's distinct keys move out.
         size_t distinct = 0;
         for (size_t p = first; p < first + n; ++p) distinct += parts[p].n;
-        BigVector<K> kept(distinct);
+        std::vector<K> kept(distinct);
         for (size_t p = first, at_kept = 0; p < first + n; at_kept += parts[p].n, ++p) {
             std::copy(parts[p].keys, parts[p].keys + parts[p].n, kept.data() + at_kept);
             parts[p].keys = kept.data() + at_kept;

@@ -40,34 +40,11 @@ struct Stream {
     const bool* doc_starts = nullptr;   // [size] true at the first token of each document
 };
 
-// Allocator of the large arrays: blocks of 2 MiB and more are aligned to 2 MiB and, on Linux, offered
-// transparent huge pages, because first-touch page faults on 4 KiB pages were 40% of the counter's time
-// on a high-cardinality stream (it writes hundreds of MB of fresh memory per call).
-void* big_allocate(size_t bytes);
-void big_deallocate(void* p, size_t bytes) noexcept;
-
-template <class T>
-struct BigAllocator {
-    using value_type = T;
-    BigAllocator() = default;
-    template <class U>
-    BigAllocator(const BigAllocator<U>&) noexcept {}
-    T* allocate(size_t n) { return static_cast<T*>(big_allocate(n * sizeof(T))); }
-    void deallocate(T* p, size_t n) noexcept { big_deallocate(p, n * sizeof(T)); }
-    template <class U>
-    bool operator==(const BigAllocator<U>&) const noexcept { return true; }
-    template <class U>
-    bool operator!=(const BigAllocator<U>&) const noexcept { return false; }
-};
-
-template <class T>
-using BigVector = std::vector<T, BigAllocator<T>>;
-
 // Flat CSR table of distinct keys with their counts, sorted by count desc then lexicographically.
 struct Table {
-    BigVector<int64_t> offsets;     // [n + 1]
-    BigVector<uint32_t> ids;        // [offsets[n]]
-    BigVector<int64_t> counts;      // [n]
+    std::vector<int64_t> offsets;   // [n + 1]
+    std::vector<uint32_t> ids;      // [offsets[n]]
+    std::vector<int64_t> counts;    // [n]
     uint64_t passes = 0;            // passes over the input (> 1 when the memory budget forced a split)
     uint64_t peak_table_bytes = 0;  // largest total size of the counting structures (tables, key buffers)
     const char* strategy = "hashed";  // count_ngrams: "direct", "partitioned" (packed keys) or "hashed"
