@@ -69,12 +69,22 @@ def numpy_count_ngrams(ids: np.ndarray, word_starts: np.ndarray | None, doc_star
 
 def timed(fn, repeat: int):
     """Median wall time of fn() over repeat runs, and its last result."""
-    times, result = [], None
+    wall, _, result = timed_cpu(fn, repeat)
+    return wall, result
+
+
+def timed_cpu(fn, repeat: int):
+    """Median wall and median CPU time (user + system, all threads of this process) of fn(), last result.
+
+    On a loaded machine a one-thread run's CPU time is what it costs when it has a core to itself.
+    """
+    walls, cpus, result = [], [], None
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), result
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return float(np.median(walls)), float(np.median(cpus)), result
 
 
 def same_table(a: NgramTable, b: NgramTable) -> bool:
@@ -154,24 +164,29 @@ def main() -> int:
     lines = [f"Command: `.venv/bin/python benchmarks/bench_counting.py{' --quick' if args.quick else ''}` "
              f"({cores} cores, igot median of {repeat}, baselines once; load average at start "
              f"{os.getloadavg()[0]:.1f}; biomedical = HPO + GO, {n_dom:,} tokens, SmolLM2 tokenizer)", "",
-             "| regime | max_n | tokens | distinct n-grams | strategy | igot 1 thread s | Mtok/s | igot all "
-             f"{cores} threads s | Mtok/s | Python reference s | reference / igot 1 thread | numpy s "
-             "| numpy / igot 1 thread |", "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "Times are wall-clock medians; \"CPU\" is user + system time of the one-thread runs (what they cost "
+             "with a core to themselves); ratios compare wall with wall and CPU with CPU.", "",
+             "| regime | max_n | tokens | distinct n-grams | strategy | igot 1 thread s (CPU s) | Mtok/s (CPU) "
+             f"| igot all {cores} threads s | Mtok/s | Python reference s (CPU s) | reference / igot 1 thread "
+             "(CPU) | numpy s | numpy / igot 1 thread |", "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     tables = {}
     for name, stream, max_n, cross_words in regimes:
         tokens = len(stream[0])
-        one_s, got = timed(lambda: count_ngrams(*stream, max_n=max_n, cross_words=cross_words, threads=1), repeat)
+        one_s, one_cpu, got = timed_cpu(lambda: count_ngrams(*stream, max_n=max_n, cross_words=cross_words,
+                                                             threads=1), repeat)
         all_s, got_all = timed(lambda: count_ngrams(*stream, max_n=max_n, cross_words=cross_words), repeat)
-        ref_s, ref = timed(lambda: count_ngrams_reference(*stream, max_n=max_n, cross_words=cross_words), 1)
+        ref_s, ref_cpu, ref = timed_cpu(lambda: count_ngrams_reference(*stream, max_n=max_n,
+                                                                       cross_words=cross_words), 1)
         assert same_table(got, ref) and same_table(got_all, ref), f"igot and the Python reference disagree: {name}"
         del ref
         np_s, np_table = timed(lambda: numpy_count_ngrams(*stream, max_n=max_n, cross_words=cross_words), 1)
         assert same_table(got, np_table), f"igot and the numpy counter disagree: {name}"
         del np_table
         tables[name] = (got, stream, max_n, cross_words)
-        lines.append(f"| {name} | {max_n} | {tokens:,} | {len(got):,} | {got.strategy} | {one_s:.4f} | "
-                     f"{tokens / one_s / 1e6:.1f} | {all_s:.4f} | {tokens / all_s / 1e6:.1f} | {ref_s:.2f} | "
-                     f"{ref_s / one_s:.0f}x | {np_s:.3f} | {np_s / one_s:.1f}x |")
+        lines.append(f"| {name} | {max_n} | {tokens:,} | {len(got):,} | {got.strategy} | {one_s:.4f} "
+                     f"({one_cpu:.4f}) | {tokens / one_s / 1e6:.1f} ({tokens / one_cpu / 1e6:.1f}) | {all_s:.4f} | "
+                     f"{tokens / all_s / 1e6:.1f} | {ref_s:.2f} ({ref_cpu:.2f}) | {ref_s / one_s:.0f}x "
+                     f"({ref_cpu / one_cpu:.0f}x) | {np_s:.3f} | {np_s / one_s:.1f}x |")
         if name == regimes[0][0]:
             count_inside_all_s = all_s
 
@@ -189,19 +204,20 @@ def main() -> int:
 
     table = tables[regimes[0][0]][0]
     general_stream = (general.ids, general.word_starts, general.doc_starts)
-    ref_lookup_s, want = timed(lambda: lookup_reference(table, *general_stream), 1)
-    lookup_one_s, got_one = timed(lambda: table.lookup(*general_stream, threads=1), repeat)
+    ref_lookup_s, ref_lookup_cpu, want = timed_cpu(lambda: lookup_reference(table, *general_stream), 1)
+    lookup_one_s, lookup_one_cpu, got_one = timed_cpu(lambda: table.lookup(*general_stream, threads=1), repeat)
     lookup_all_s, got_all = timed(lambda: table.lookup(*general_stream), repeat)
     assert np.array_equal(got_one, want) and np.array_equal(got_all, want), "igot and the Python lookup disagree"
     lines += ["", f"Lookup of the {len(table):,} biomedical n-grams (inside words) in the general corpus "
               f"(SOTU, {n_gen:,} tokens), the same keys for both", "",
-              "| lookup | s | Mtok/s | Python lookup / this |", "|---|---:|---:|---:|",
-              f"| lookup_reference (pure Python, dict of the same keys) | {ref_lookup_s:.3f} | "
+              "| lookup | s (CPU s) | Mtok/s | Python lookup / this (CPU) |", "|---|---:|---:|---:|",
+              f"| lookup_reference (pure Python, dict of the same keys) | {ref_lookup_s:.3f} ({ref_lookup_cpu:.3f}) | "
               f"{n_gen / ref_lookup_s / 1e6:.2f} | 1.0x |",
-              f"| NgramTable.lookup, 1 thread | {lookup_one_s:.4f} | {n_gen / lookup_one_s / 1e6:.1f} | "
-              f"{ref_lookup_s / lookup_one_s:.0f}x |",
-              f"| NgramTable.lookup, all {cores} threads | {lookup_all_s:.4f} | {n_gen / lookup_all_s / 1e6:.1f} | "
-              f"{ref_lookup_s / lookup_all_s:.0f}x |"]
+              f"| NgramTable.lookup, 1 thread | {lookup_one_s:.4f} ({lookup_one_cpu:.4f}) | "
+              f"{n_gen / lookup_one_s / 1e6:.1f} | {ref_lookup_s / lookup_one_s:.0f}x "
+              f"({ref_lookup_cpu / lookup_one_cpu:.0f}x) |",
+              f"| NgramTable.lookup, all {cores} threads (its own row) | {lookup_all_s:.4f} | "
+              f"{n_gen / lookup_all_s / 1e6:.1f} | {ref_lookup_s / lookup_all_s:.0f}x |"]
 
     words_s, words = timed(lambda: count_words(*bio), repeat)
     ref_words_s, ref_words = timed(lambda: count_words_reference(*bio), 1)
