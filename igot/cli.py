@@ -219,10 +219,11 @@ def _cmd_extend_model(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the whole pipeline on the fetched biomedical data and SmolLM2-135M")
-    p.add_argument("--out", default="out/demo-tokenizer", help="folder for the extended tokenizer")
+    p = sub.add_parser("demo", help="the whole pipeline on the fetched biomedical data and SmolLM2-135M, training included")
+    p.add_argument("--out", default="out/demo", help="the demo's folder (a previous demo there is replaced)")
     p.add_argument("--budget", type=int, default=2000, help="new vocabulary entries")
-    p.add_argument("--eval-docs", type=int, default=100, help="held-out documents for bits per byte (0 = skip)")
+    p.add_argument("--domain-bytes", type=int, default=100_000, help="bytes of domain text each training run reads")
+    p.add_argument("--eval-docs", type=int, default=64, help="held-out documents per set for bits per byte")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
@@ -230,7 +231,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
-    run(args.out, budget=args.budget, eval_docs=args.eval_docs, progress=not args.no_progress)
+    run(args.out, budget=args.budget, domain_bytes=args.domain_bytes, eval_docs=args.eval_docs,
+        progress=not args.no_progress)
     return 0
 
 
@@ -390,11 +392,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="plot held-out bits per byte of igot train runs against bytes, FLOPs and time")
+    p.add_argument("runs", nargs="+", help="igot train run folders (train.out)")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--heldout", default=None, help="the held-out set to draw (default: the first one)")
+    p.add_argument("--labels", nargs="+", default=None, help="one legend label per run")
+    p.set_defaults(func=_cmd_plot)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .report import plot_runs
+
+    if args.labels is not None and len(args.labels) != len(args.runs):
+        raise ValueError(f"--labels has {len(args.labels)} names for {len(args.runs)} runs")
+    print(plot_runs(args.runs, args.out, heldout=args.heldout, labels=args.labels))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the `igot` argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="igot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_data, _add_encode, _add_extend, _add_count, _add_extend_model, _add_train, _add_eval, _add_demo, _add_plan,
+    for add in (_add_data, _add_encode, _add_extend, _add_count, _add_extend_model, _add_train, _add_eval, _add_plot, _add_demo, _add_plan,
                 _add_synth):
         add(sub)
     return parser

@@ -247,6 +247,25 @@ def test_run_trains_logs_and_writes_a_loadable_final(finished_run, workspace):
                                do_sample=False)
     assert generated.shape[1] > 3
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_6", "step_8"]  # keep_checkpoints = 2
+    again = train(TrainConfig.from_dict(config_dict(workspace, out)), resume=True, progress=False)  # finished: no-op
+    assert (again.steps, again.tokens, again.heldout_bpb) == (result.steps, result.tokens, result.heldout_bpb)
+    assert len(read_metrics(out)) == len(lines)
+
+
+def test_report_reads_runs_and_plots_them(finished_run, tmp_path):
+    from igot.report import plot_runs, read_run
+
+    out, result = finished_run
+    summary = read_run(out)
+    assert (summary["steps"], summary["tokens"], summary["bytes"]) == (result.steps, result.tokens, result.bytes)
+    assert summary["heldout_bpb_after"] == result.heldout_bpb
+    assert summary["heldout_bpb_before"]["domain"] > summary["heldout_bpb_after"]["domain"]
+    png = plot_runs([out, out], tmp_path / "p.png", labels=["a", "b"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no run has an evaluation of held-out set 'nope'"):
+        plot_runs([out], tmp_path / "q.png", heldout="nope")
+    with pytest.raises(FileNotFoundError, match="not an igot train run folder"):
+        read_run(tmp_path)
 
 
 def test_accumulation_over_micro_batches_equals_one_big_batch(workspace, finished_run):

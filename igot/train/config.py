@@ -70,7 +70,7 @@ class LoopConfig:
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW
     grad_clip: float = 1.0  # max global gradient norm; 0 = off
     eval_every: int = 0  # steps between held-out evaluations (0 = only before training and at stage ends)
-    checkpoint_every: int = 0  # steps between checkpoints (0 = none; the end of the run is always saved)
+    checkpoint_every: int = 0  # steps between checkpoints, and one at the end (0 = none; final/ is always written)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     freeze_body_steps: int = 0  # the first N steps train only the new embedding rows
     fsdp: bool = False  # shard parameters with FSDP2 (fully_shard) instead of DDP replicas

@@ -372,6 +372,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     dist = _setup_distributed(cfg.train.device)
     out = Path(cfg.train.out)
     _check_out(cfg, resume)
+    if resume and (out / "final" / "config.json").is_file():
+        _print(dist, f"{out} holds a finished run (final/ is written); nothing to resume")
+        return _finished(out)
     tokenizer = load_run_tokenizer(cfg.model)  # refuses a tokenizer that does not extend the model's
     bos_id = separator_id(tokenizer, cfg.data.separator, cfg.model.path)
 
@@ -401,8 +404,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         if cfg.train.freeze_body_steps:
             raise ValueError("train.freeze_body_steps is not supported with train.fsdp = true; set one of them off")
         _shard(module, dist)
-    def autocast() -> Any:  # bf16 matmuls on CUDA (fp32 master weights); plain fp32 on CPU
-        return torch.autocast("cuda", dtype=torch.bfloat16) if dist.device.type == "cuda" else nullcontext()
 
     checkpoint = _prepare_out(cfg, resume, dist)  # everything is checked: from here on out/ holds the run
     cost = sum(p.steps / p.patch_size for p in plans) / sum(p.steps for p in plans)
@@ -453,6 +454,28 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
 
         bar = tqdm(total=total_steps, initial=step, unit="step", desc="train", file=sys.stderr)
 
+    def autocast() -> Any:  # bf16 matmuls on CUDA (fp32 master weights); plain fp32 on CPU
+        return torch.autocast("cuda", dtype=torch.bfloat16) if dist.device.type == "cuda" else nullcontext()
+
+    def evaluate(plan: StagePlan, lr: float) -> dict[str, float]:  # held-out bits per byte, logged as an eval line
+        if cfg.train.fsdp:
+            module.unshard()  # the root's parameters; each block gathers its own
+        result = _evaluate(model, heldout, tokenizer.tokenizer, bos_id, cfg, dist)
+        if cfg.train.fsdp:
+            module.reshard()
+        if dist.rank == 0:
+            _log_line(out, {**_line(step, plan, counters, tokens_by_source, lr, None, 0.0,
+                                    wall_offset + time.perf_counter() - t0, dist, sampler_state),
+                            "event": "eval", "heldout_bpb": result})
+        return result
+
+    def save() -> None:  # checkpoints/step_<step>/, atomically, every rank
+        counters["wall_s"] = wall_offset + time.perf_counter() - t0
+        save_checkpoint(out / "checkpoints", step, module, optimizer,
+                        _trainer_state(counters, sampler_state, history, tokens_by_source, last_eval),
+                        cfg.to_toml(), rank=dist.rank, barrier=dist.barrier, fsdp=cfg.train.fsdp,
+                        keep=cfg.train.keep_checkpoints)
+
     for plan, stage in zip(plans, cfg.stages):
         if step >= plan.first_step + plan.steps:
             continue  # a stage finished before the checkpoint we resumed from
@@ -472,32 +495,20 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         reweight = reweight_function(stage, cfg.train.reweight_strength)
         if plan.schedule_start != optimizer_plan:  # a new patch size: fresh optimizer and schedule
             optimizer, optimizer_plan = _optimizer(module, cfg, dist.device), plan.schedule_start
-        positions = cfg.data.seq_len  # per sequence (patches for K > 1)
-        n_inputs = cfg.data.seq_len * plan.patch_size
+        n_inputs = cfg.data.seq_len * plan.patch_size  # tokens per sequence; its positions are seq_len
 
         while step < plan.first_step + plan.steps:
             # evaluate at the start of each stage and every eval_every steps; checkpoint every checkpoint_every
-            if heldout and step != resumed_at and (step == plan.first_step or (cfg.train.eval_every and step % cfg.train.eval_every == 0)):
-                if cfg.train.fsdp:
-                    module.unshard()
-                last_eval = _evaluate(model, heldout, tokenizer.tokenizer, bos_id, cfg, dist)
-                if cfg.train.fsdp:
-                    module.reshard()
-                if reweight is not None:
+            due = cfg.train.eval_every and step % cfg.train.eval_every == 0
+            if heldout and step != resumed_at and (step == plan.first_step or due):
+                last_eval = evaluate(plan, _lr_at(cfg, plan, step))
+                if reweight is not None:  # r_i <- r_i * f_i / sum_j r_j * f_j (set_weights normalises)
                     for name in stage.weights:
                         history.setdefault(name, []).append(last_eval[name])
                     factors = reweight(history)
                     sampler.set_weights({n: sampler_state.weights[n] * factors[n] for n in stage.weights})
-                if dist.rank == 0:
-                    _log_line(out, {**_line(step, plan, counters, tokens_by_source, _lr_at(cfg, plan, step), None, 0.0,
-                                            wall_offset + time.perf_counter() - t0, dist, sampler_state),
-                                    "event": "eval", "heldout_bpb": last_eval})
-            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step > 0 and step != resumed_at:
-                counters["wall_s"] = wall_offset + time.perf_counter() - t0
-                save_checkpoint(out / "checkpoints", step, module, optimizer,
-                                _trainer_state(counters, sampler_state, history, tokens_by_source, last_eval),
-                                cfg.to_toml(), rank=dist.rank, barrier=dist.barrier, fsdp=cfg.train.fsdp,
-                                keep=cfg.train.keep_checkpoints)
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and 0 < step != resumed_at:
+                save()
             resumed_at = None
             if freeze is not None and step >= cfg.train.freeze_body_steps:  # the body trains from here on
                 freeze.release()
@@ -541,7 +552,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             step_s = time.perf_counter() - t_step
             counters["tokens"] += cfg.train.batch_tokens
             counters["bytes"] += int(step_bytes)
-            counters["flops"] += flops_per_pos * plan.sequences * positions
+            counters["flops"] += flops_per_pos * plan.sequences * cfg.data.seq_len
             counters["train_s"] += step_s
             loss_value = loss_total / max(n_targets, 1.0)
             if not math.isfinite(loss_value):
@@ -555,31 +566,29 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
                 bar.set_postfix_str(f"stage {plan.index} loss {loss_value:.4f} {cfg.train.batch_tokens / step_s:,.0f} tok/s",
                                     refresh=False)
 
-    # the end: a last evaluation, a checkpoint (so that --resume of a finished run is a no-op) and final/
+    # the end: a last evaluation, a last checkpoint when checkpoints are kept, and final/
     if bar is not None:
         bar.close()
     if heldout and step != resumed_at:
-        if cfg.train.fsdp:
-            module.unshard()
-        last_eval = _evaluate(model, heldout, tokenizer.tokenizer, bos_id, cfg, dist)
-        if cfg.train.fsdp:
-            module.reshard()
-        if dist.rank == 0:
-            _log_line(out, {**_line(step, plans[-1], counters, tokens_by_source, _lr_at(cfg, plans[-1], step - 1), None,
-                                    0.0, wall_offset + time.perf_counter() - t0, dist, sampler_state),
-                            "event": "eval", "heldout_bpb": last_eval})
+        last_eval = evaluate(plans[-1], _lr_at(cfg, plans[-1], step - 1))
+    if cfg.train.checkpoint_every and step != resumed_at:
+        save()
     counters["wall_s"] = wall_offset + time.perf_counter() - t0
-    if step != resumed_at:
-        save_checkpoint(out / "checkpoints", step, module, optimizer,
-                        _trainer_state(counters, sampler_state, history, tokens_by_source, last_eval),
-                        cfg.to_toml(), rank=dist.rank, barrier=dist.barrier, fsdp=cfg.train.fsdp,
-                        keep=cfg.train.keep_checkpoints)
     final = _save_final(module, tokenizer.files, out, dist, cfg.train.fsdp)
     _print(dist, f"done: {step:,} steps, {counters['tokens']:,} tokens, {counters['bytes']:,} bytes, "
                  f"{counters['flops']:.3e} FLOPs in {counters['wall_s']:.1f} s; "
                  + (", ".join(f"{k} {v:.4f} bpb" for k, v in last_eval.items()) or "no held-out set") + f"; model in {final}")
     return TrainResult(out, final, step, counters["tokens"], counters["bytes"], counters["flops"],
                        counters["wall_s"], last_eval)
+
+
+def _finished(out: Path) -> TrainResult:
+    """The TrainResult of a finished run, from its metrics.jsonl."""
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    last = [r for r in lines if r.get("event") is None][-1]
+    evals = [r["heldout_bpb"] for r in lines if r.get("event") == "eval"]
+    return TrainResult(out, out / "final", last["step"], last["tokens"], last["bytes"], last["flops"], last["wall_s"],
+                       evals[-1] if evals else {})
 
 
 def _line(step: int, plan: StagePlan, counters: dict[str, Any], tokens_by_source: dict[str, int], lr: float,
