@@ -5,8 +5,9 @@
 Usage:
   python benchmarks/bench_fused_linear_ce.py [--quick] [--tokens N] [--twin-rows R ...]   CPU: igot's torch
       twin, float32, SmolLM2's head (H=576, V=49,152 + 2,000 new tokens padded to 64) and a 262k vocabulary
-      (H=640). Each (variant, shape) runs in a fresh subprocess; peak memory = growth of the resident set's
-      high-water mark (VmHWM) over the inputs, reset after they are built (/proc/self/clear_refs).
+      (H=640). Every timed run is a fresh subprocess, the variants taking turns round by round; peak memory
+      = growth of the resident set's high-water mark (VmHWM) over the inputs, reset after they are built
+      (/proc/self/clear_refs).
       --twin-rows adds the twin with R rows per chunk (the sweep behind its chunk constants).
   python benchmarks/bench_fused_linear_ce.py --gpu [--quick]   CUDA, bfloat16, H=4096, V=128k/256k,
       N=8k/32k; time = triton.testing.do_bench median; memory = torch.cuda.max_memory_allocated (inputs
@@ -126,20 +127,21 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
-def _cpu_child(name: str, n: int, v: int, h: int, repeats: int) -> None:
-    inputs = setup(n, v, h, torch.float32, "cpu")
+def _cpu_child(name: str, n: int, v: int, h: int) -> None:
+    """One timed fwd+bwd of one variant in this fresh process (after an untimed 16-row one, which pays
+    the first call's one-time costs: lazy imports, thread pools): wall s, CPU s, VmHWM growth."""
     fn = variants(gpu=False, twin_rows=_rows_in(name))[name]
+    _fwd_bwd(fn, setup(16, v, h, torch.float32, "cpu", seed=1))
+    inputs = setup(n, v, h, torch.float32, "cpu")
     gc.collect()
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # reset VmHWM to the current resident set: setup's peak is not counted
     base_kib = _status_kib("VmRSS")
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _fwd_bwd(fn, inputs)
-        times.append(time.perf_counter() - start)
+    cpu_start, start = time.process_time(), time.perf_counter()
+    _fwd_bwd(fn, inputs)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak_kib = _status_kib("VmHWM") - base_kib
-    print(json.dumps({"s": statistics.median(times), "peak_mib": peak_kib / 1024}))
+    print(json.dumps({"s": seconds, "cpu_s": cpu_seconds, "peak_mib": peak_kib / 1024}))
 
 
 def _rows_in(name: str) -> list[int]:
@@ -157,27 +159,39 @@ def _cpu_main(args: argparse.Namespace) -> None:
     names = [name for name in found if not args.variants or any(v in name for v in args.variants)]
     naive = next((name for name in names if name.startswith("naive")), None)
     chunked = next((name for name in names if name.startswith(TORCH_CHUNKED[:-1])), None)
-    print(f"CPU float32, N={n} tokens, fwd+bwd, median of {repeats}; peak = growth of VmHWM over the inputs "
-          f"(reset after setup); torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| shape | H | V | variant | median s | peak MiB | time naive/this | memory naive/this | "
-          "time chunked/this | memory chunked/this |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    print(f"CPU float32, N={n} tokens, fwd+bwd; {repeats} rounds, each running every variant once in a fresh "
+          "process, in a rotated order (load drift on a shared box hits all variants alike); medians over the "
+          "rounds; CPU s = process CPU time (user + system); peak = growth of VmHWM over the inputs (reset "
+          f"after setup), the largest over the rounds; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print("| shape | H | V | variant | median s | min-max s | median CPU s | peak MiB | time naive/this | "
+          "memory naive/this | time chunked/this | memory chunked/this |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, h, v in shapes:
-        rows = {}
-        for name in names:
-            cmd = [sys.executable, __file__, "--cpu-child", name, str(n), str(v), str(h), str(repeats)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            rows[name] = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
-            if done.returncode != 0:
-                print(done.stderr[-2000:], file=sys.stderr)
+        runs: dict[str, list[dict] | None] = {name: [] for name in names}
+        for round_ in range(repeats):
+            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+                if runs[name] is None:
+                    continue
+                cmd = [sys.executable, __file__, "--cpu-child", name, str(n), str(v), str(h)]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode != 0:
+                    print(done.stderr[-2000:], file=sys.stderr)
+                    runs[name] = None
+                else:
+                    runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        rows = {name: None if got is None else {"s": statistics.median(r["s"] for r in got),
+                                                "cpu_s": statistics.median(r["cpu_s"] for r in got),
+                                                "peak_mib": max(r["peak_mib"] for r in got),
+                                                "range": (min(r["s"] for r in got), max(r["s"] for r in got))}
+                for name, got in runs.items()}
         for name, row in rows.items():
             if row is None:
-                print(f"| {label} | {h} | {v} | {name} | failed | | | | | |")
+                print(f"| {label} | {h} | {v} | {name} | failed | | | | | | | |")
                 continue
             ratios = [_ratio(rows.get(base), row, key, digits) for base in (naive, chunked)
                       for key, digits in (("s", 2), ("peak_mib", 1))]
-            print(f"| {label} | {h} | {v} | {name} | {row['s']:.2f} | {row['peak_mib']:.0f} | "
-                  + " | ".join(ratios) + " |", flush=True)
+            print(f"| {label} | {h} | {v} | {name} | {row['s']:.2f} | {row['range'][0]:.2f}-{row['range'][1]:.2f} | "
+                  f"{row['cpu_s']:.2f} | {row['peak_mib']:.0f} | " + " | ".join(ratios) + " |", flush=True)
 
 
 def _ratio(base: dict | None, row: dict, key: str, digits: int) -> str:
@@ -279,15 +293,15 @@ def _gpu_tune() -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--cpu-child":
-        name, n, v, h, repeats = sys.argv[2], *map(int, sys.argv[3:7])
-        _cpu_child(name, n, v, h, repeats)
+        name, n, v, h = sys.argv[2], *map(int, sys.argv[3:6])
+        _cpu_child(name, n, v, h)
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one small shape, one repeat")
     parser.add_argument("--gpu", action="store_true", help="CUDA bfloat16 tables (needs a GPU)")
     parser.add_argument("--tune", action="store_true", help="with --gpu: sweep block size, warps, chunk")
     parser.add_argument("--tokens", type=int, default=None, help="CPU: number of tokens N (default 4096)")
-    parser.add_argument("--repeats", type=int, default=None, help="CPU: timed runs per variant (default 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="CPU: rounds, one timed run of each variant per round (default 3)")
     parser.add_argument("--variants", nargs="*", default=None,
                         help="CPU: only variants whose name contains one of these words (keep 'naive': it is the baseline)")
     parser.add_argument("--shapes", nargs="*", default=None, help="CPU: only shapes whose label has one of these words")
