@@ -195,8 +195,10 @@ def extend_speed(repeats: int, quick: bool, rows: list[dict], on_row) -> None:
         phases = {k: statistics.median(r["timings_s"][k] for r in reports) for k in reports[0]["timings_s"]}
         ratios = [e[0] / b[0] for e, b in zip(times["extend"], times["encode"])]
         last = reports[-1]
-        rows.append({"corpus": label, "docs": len(everything), "tokens": sum(v["base"] for v in last["tokens"].values()),
-                     "encode_s": wall["encode"], "extend_s": wall["extend"], "ratio": wall["extend"] / wall["encode"],
+        rows.append({"corpus": label, "docs": len(everything),
+                     "tokens": sum(v["base"] for v in last["tokens"].values()),
+                     "encode_s": wall["encode"], "extend_s": wall["extend"],
+                     "ratio": wall["extend"] / wall["encode"],
                      "ratio_range": (min(ratios), max(ratios)), "cpu_ratio": cpu["extend"] / cpu["encode"],
                      "phases": phases, "checked": last["checked"], "entries": last["entries_added"],
                      "verified": last["verified"] and not last["dropped_by_verification"]})

@@ -256,7 +256,8 @@ def document_tokens(tok: Tokenizer, texts: list[str]) -> int:
     return sum(len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False))
 
 
-EDGE_DOCS = ["", "\x00", "naïve 😀 [CLS] <|endoftext|> </s> <unk> ∑ 中文 ﬁ Ⅻ", "x" * 300, "\n\n", "İß e\u0301"]
+EDGE_DOCS = ["", "\x00", "naïve 😀 [CLS] <|endoftext|> </s> <unk> ∑ 中文 ﬁ Ⅻ", "x" * 300, "\n\n",
+             "İß e\u0301"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -310,6 +311,7 @@ def broken_extensions() -> dict[str, tuple[Tokenizer, Tokenizer, list[str]]]:
     bpe = {"▁": 0, "a": 1, "b": 2, "c": 3, "▁a": 4, "▁ab": 5, "▁abc": 6, "bc": 7}
     base_merges = [("▁", "a"), ("▁a", "b"), ("▁ab", "c")]
     spaced = {"▁": 0, "a": 1, "b": 2, "▁a": 3, "▁b": 4, "▁a▁b": 5}
+    spaced_merges = [("▁", "a"), ("▁", "b")]
     pieces = ["[UNK]", "x", "n", "##'", "##t", "##'t"]
     bert = Tokenizer.from_file(str(data.tokenizer_path("bert")))
     naive = json.loads(bert.to_str())
@@ -320,8 +322,8 @@ def broken_extensions() -> dict[str, tuple[Tokenizer, Tokenizer, list[str]]]:
                             ["abc", "bc", "a", "ab", "c"]),
         # SentencePiece without splitting: the Metaspace decoder drops every ▁ of the first token, so a new
         # "▁a▁b" decodes "a b" as "ab" at the start of a document only (G2)
-        "metaspace_first_token": (_metaspace_bpe(spaced, [("▁", "a"), ("▁", "b")], split=False),
-                                  _metaspace_bpe(spaced, [("▁", "a"), ("▁", "b"), ("▁a", "▁b")], split=False),
+        "metaspace_first_token": (_metaspace_bpe(spaced, spaced_merges, split=False),
+                                  _metaspace_bpe(spaced, spaced_merges + [("▁a", "▁b")], split=False),
                                   ["a", "b"]),
         # the WordPiece decoder's cleanup: a new word-initial "n't" glues itself to the word before (G2)
         "wordpiece_cleanup": (_wordpiece(pieces), _wordpiece(pieces + ["n't"]), ["x", "n't", "t"]),
