@@ -42,13 +42,14 @@ def _write_jsonl(path: Path, docs: list[str]) -> str:
 
 
 def run_config(model_dir: str, out: Path, *, tokenizer: str | None, domain_bytes: int, heldout: dict[str, str],
-               seq_len: int = 256, batch_tokens: int = 4096, micro_batch_tokens: int = 2048, lr: float = 5e-4,
+               seq_len: int = 256, batch_tokens: int = 1024, micro_batch_tokens: int = 1024, lr: float = 5e-4,
                domain_weight: float = 0.8, stages: list[dict[str, Any]] | None = None, eval_every: int = 0,
                eval_docs: int = 64, freeze_body_steps: int = 0, device: str = "auto") -> dict[str, Any]:
     """The `igot train` config (as a dict) of one CPT arm on the biomedical and general corpora.
 
     The stage consumes domain_bytes / domain_weight bytes of text, so every arm, whatever its tokenizer,
-    trains on the same domain bytes (8:2 domain:general by default).
+    trains on the same domain bytes (8:2 domain:general by default), to within one step: the default batch is
+    small (1,024 tokens) so that a tokenizer that needs 9% fewer tokens also needs fewer steps in a short run.
     """
     model: dict[str, Any] = {"path": model_dir}
     if tokenizer is not None:

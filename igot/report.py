@@ -3,7 +3,7 @@
 A run folder's metrics.jsonl has a "start" line, one line per step and "eval" lines with heldout_bpb;
 read_run turns it into the figures users compare (tokens, bytes, FLOPs, time, memory, held-out bits per
 byte before and after) and the eval curves; plot_runs draws held-out bits per byte against bytes, FLOPs
-and wall time, one line per run, into one PNG (matplotlib, an optional extra).
+and the wall time of the training steps, one line per run, into one PNG (matplotlib, an optional extra).
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-X_AXES = {"bytes": "UTF-8 bytes of training text", "flops": "training FLOPs", "wall_s": "wall time (s)"}
+# x axes of plot_runs; time is the wall time of the training steps (train_s), evaluations and loading excluded
+X_AXES = {"bytes": "UTF-8 bytes of training text", "flops": "training FLOPs", "train_s": "training wall time (s)"}
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:
@@ -36,7 +37,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     if not steps:
         raise ValueError(f"{path} has no step line yet: the run has not trained")
     start = next((r for r in lines if r.get("event") == "start"), {})
-    evals = [{k: r[k] for k in ("step", "tokens", "bytes", "flops", "wall_s", "heldout_bpb")}
+    evals = [{k: r.get(k) for k in ("step", "tokens", "bytes", "flops", "wall_s", "train_s", "heldout_bpb")}
              for r in lines if r.get("event") == "eval"]
     last = steps[-1]
     return {
@@ -50,7 +51,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
 
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, heldout: str | None = None,
               labels: Sequence[str] | None = None, title: str | None = None) -> Path:
-    """Draw held-out bits per byte against bytes, FLOPs and wall time for several runs into one PNG.
+    """Draw held-out bits per byte against bytes, FLOPs and training wall time for several runs into one PNG.
 
     Args:
         run_dirs: `igot train` run folders.

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from igot.train import TrainConfig, train
+from igot.train import TrainConfig, loss_trend, train
 from igot.train.checkpoint import KILL_IN_CHECKPOINT_ENV
 from igot.train.data import MixtureSampler, SamplerState, Source, SourceStream, ppl_buckets
 from igot.train.loop import _lr_at, _plan_stages
@@ -510,3 +510,17 @@ def test_fsdp2_under_torchrun_resumes_and_matches_one_process(workspace, finishe
     one, sharded = final_weights(finished_run[0]), final_weights(out)
     for name in one:
         torch.testing.assert_close(sharded[name], one[name], rtol=2e-5, atol=2e-6)
+
+
+def test_reweighting_rules_are_checked(workspace):
+    cfg = config_dict(workspace, workspace["root"] / "never")
+    cfg["stage"][1]["reweight"] = "loss_trend"
+    cfg["data"]["eval_docs"] = 0
+    with pytest.raises(ValueError, match="data.eval_docs = 0"):
+        TrainConfig.from_dict(cfg)
+    source = Source("s", np.zeros(10, np.uint32), np.zeros(10, np.uint32), np.array([0, 10]), Path("."))
+    sampler = MixtureSampler({n: (n, SourceStream(source, 0, seed=0)) for n in ("a", "b")}, SamplerState())
+    for bad in ({"a": 0.0, "b": 0.0}, {"a": float("nan"), "b": 1.0}, {"a": -1.0, "b": 2.0}):
+        with pytest.raises(ValueError, match="must be finite, >= 0 and not all 0"):
+            sampler.set_weights(bad)
+    assert loss_trend({"a": [2.0, 1.0], "b": [1.0]}, strength=2.0) == {"a": 0.25, "b": 1.0}

@@ -88,7 +88,7 @@ class StageConfig:
     bytes: int | None = None  # ... or UTF-8 bytes of text (matches runs with different tokenizers on data)
     patch_size: int = 1  # K tokens averaged per position (arXiv 2407.12665); 1 = token-level
     curriculum: Curriculum = "none"  # "ppl_ascending": easy -> hard under the stage's starting model
-    reweight: str | ReweightFn = "none"  # "none", "loss_trend", "module:function" or a callable (Python API)
+    reweight: str | ReweightFn = "none"  # "none", "loss_trend", "module:function" or a module-level function
 
 
 @dataclass(frozen=True)
@@ -415,6 +415,8 @@ def _check_stage(i: int, stage: StageConfig, cfg: TrainConfig) -> None:
                 raise ValueError(f"{where}.reweight = {stage.reweight!r} cannot be imported ({exc})") from None
             if not callable(function):
                 raise ValueError(f"{where}.reweight = {stage.reweight!r} is not a function")
+        if cfg.data.eval_docs == 0:
+            raise ValueError(f"{where}.reweight needs held-out evaluations, but data.eval_docs = 0; set it above 0")
         missing = [name for name in stage.weights if name not in cfg.data.heldout]
         if missing:
             raise ValueError(f"{where}.reweight needs the held-out loss of every source it weighs, but "

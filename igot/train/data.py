@@ -19,6 +19,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -261,9 +262,16 @@ class MixtureSampler:
             state.credits.setdefault(name, 0.0)
 
     def set_weights(self, weights: Mapping[str, float]) -> None:
-        """Normalise and use these weights from the next draw on (credits are kept)."""
-        total = sum(weights.values())
-        self.state.weights = {name: weights[name] / total for name in self.streams}
+        """Normalise and use these weights from the next draw on (credits are kept).
+
+        Raises:
+            ValueError: a weight is negative or not finite, or they sum to zero (e.g. a reweighting rule's output).
+        """
+        values = [float(weights[name]) for name in self.streams]
+        if not all(math.isfinite(v) and v >= 0 for v in values) or not sum(values) > 0:
+            raise ValueError(f"source weights {dict(zip(self.streams, values))} must be finite, >= 0 and not all 0; "
+                             "check the stage's reweight rule")
+        self.state.weights = {name: v / sum(values) for name, v in zip(self.streams, values)}
 
     def draw(self, n: int, advance: int) -> list[Draw]:
         """Pick the next n sequences; each moves its stream by `advance` tokens (its input tokens)."""
