@@ -34,18 +34,19 @@ File format (.igc, little-endian; NgramTable.save / NgramTable.load):
     offset  size  field
     0       8     magic b"IGOTNGRM"
     8       4     format version (uint32) = 1
-    12      4     flags (uint32): bit 0 = cross_words
+    12      4     flags (uint32): bit 0 = cross_words, bit 1 = a word table (entries are whole pre-tokens)
     16      8     n, the number of n-grams (uint64)
     24      8     n_ids, the length of ids (uint64)
-    32      4     max_n (uint32)
+    32      4     max_n (uint32); a word table: its longest word
     36      4     reserved, 0
     40      8     min_count (int64)
     48      4     CRC-32 of the payload
     52      4     CRC-32 of bytes 0..52
     56            payload: offsets int64 [n + 1], ids uint32 [n_ids], counts int64 [n]
 
-A file whose size, magic, version, checksums or CSR structure do not match raises ValueError naming the
-file. Files are written to a temporary name and moved into place with os.replace.
+WordTable.save / WordTable.load use the same layout with bit 1 set (min_count 1). A file whose size, magic,
+version, checksums or CSR structure do not match, or that holds the other kind of table, raises ValueError
+naming the file. Files are written to a temporary name and moved into place with os.replace.
 """
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ _FORMAT_VERSION = 1
 _HEADER = struct.Struct("<8sIIQQIIqI")  # all header fields up to the header's own CRC
 _HEADER_BYTES = _HEADER.size + 4
 _FLAG_CROSS_WORDS = 1
+_FLAG_WORDS = 2
 _NO_FLAGS = np.zeros(0, dtype=np.bool_)
 
 
@@ -103,6 +105,24 @@ class _CsrTable:
         """Number of ids in each entry, int64 [n]."""
         return np.diff(self.offsets)
 
+    def save(self, path: PathLike) -> Path:
+        """Write the table to path in the .igc format (module docstring), atomically.
+
+        Args:
+            path: destination file; its folder must exist.
+
+        Returns:
+            The path written.
+
+        Raises:
+            OSError: the file cannot be written.
+        """
+        return _write_igc(path, self, *self._igc_fields())
+
+    def _igc_fields(self) -> tuple[int, int, int]:
+        """(flags, max_n, min_count) of the .igc header."""
+        raise NotImplementedError
+
     def to_dict(self) -> dict[tuple[int, ...], int]:
         """Return {ids tuple: count}; meant for small tables and tests."""
         ids = self.ids.tolist()
@@ -117,6 +137,47 @@ class WordTable(_CsrTable):
     def word(self, i: int) -> tuple[int, ...]:
         """Return the ids of pre-token i."""
         return self._entry(i)
+
+    @classmethod
+    def merge(cls, *tables: WordTable, threads: int = 0) -> WordTable:
+        """Sum several tables (e.g. of disjoint parts of a corpus, split between documents) into one.
+
+        Args:
+            *tables: at least one WordTable.
+            threads: worker threads, 0 = all cores.
+
+        Returns:
+            The WordTable that count_words gives for all the parts at once.
+
+        Raises:
+            ValueError: no tables.
+        """
+        if not tables:
+            raise ValueError("WordTable.merge needs at least one table")
+        return cls(*_merged(tables, 1, threads)[:3])
+
+    def _igc_fields(self) -> tuple[int, int, int]:
+        return _FLAG_WORDS, int(self.lengths.max(initial=0)), 1
+
+    @classmethod
+    def load(cls, path: PathLike) -> WordTable:
+        """Read a table written by WordTable.save.
+
+        Args:
+            path: an .igc file holding a word table.
+
+        Returns:
+            The WordTable.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: the file is truncated, corrupt, an n-gram table (NgramTable.load reads it) or not igot's.
+        """
+        flags, _, _, arrays = _read_igc(path)
+        if not flags & _FLAG_WORDS:
+            raise ValueError(f"{path} holds an n-gram table, not a word table: count with `igot count --words` "
+                             "(or igot.counting.count_words) and save that")
+        return cls(*arrays)
 
     def __repr__(self) -> str:
         return f"WordTable({len(self)} words, {int(self.counts.sum())} occurrences)"
@@ -190,49 +251,13 @@ class NgramTable(_CsrTable):
         modes = {t.cross_words for t in tables}
         if len(modes) > 1:
             raise ValueError("cannot merge tables counted with and without cross_words; recount with one setting")
-        starts = np.cumsum([0] + [len(t.ids) for t in tables[:-1]], dtype=np.int64)
-        offsets = np.concatenate([t.offsets[:-1] + s for t, s in zip(tables, starts)]
-                                 + [np.array([sum(len(t.ids) for t in tables)], dtype=np.int64)])
-        ids = np.concatenate([t.ids for t in tables]).astype(np.uint32, copy=False)
-        counts = np.concatenate([t.counts for t in tables]).astype(np.int64, copy=False)
-        offsets, ids, counts, passes, peak, strategy = _core.merge_tables(offsets, ids, counts, min_count=min_count,
-                                                                          threads=threads)
+        offsets, ids, counts, passes, peak, strategy = _merged(tables, min_count, threads)
         return cls(offsets, ids, counts, max_n=max(t.max_n for t in tables),
                    min_count=max([min_count] + [t.min_count for t in tables]),
                    cross_words=modes.pop(), passes=passes, peak_table_bytes=peak, strategy=strategy)
 
-    def save(self, path: PathLike) -> Path:
-        """Write the table to path in the .igc format (module docstring), atomically.
-
-        Args:
-            path: destination file; its folder must exist.
-
-        Returns:
-            The path written.
-
-        Raises:
-            OSError: the file cannot be written.
-        """
-        path = Path(path)
-        offsets = np.ascontiguousarray(self.offsets, dtype="<i8")
-        ids = np.ascontiguousarray(self.ids, dtype="<u4")
-        counts = np.ascontiguousarray(self.counts, dtype="<i8")
-        payload_crc = 0
-        for array in (offsets, ids, counts):
-            payload_crc = zlib.crc32(memoryview(array).cast("B"), payload_crc)
-        header = _HEADER.pack(_MAGIC, _FORMAT_VERSION, _FLAG_CROSS_WORDS if self.cross_words else 0,
-                              len(counts), len(ids), self.max_n, 0, self.min_count, payload_crc)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(header + struct.pack("<I", zlib.crc32(header)))
-                for array in (offsets, ids, counts):
-                    f.write(memoryview(array).cast("B"))
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return path
+    def _igc_fields(self) -> tuple[int, int, int]:
+        return _FLAG_CROSS_WORDS if self.cross_words else 0, self.max_n, self.min_count
 
     @classmethod
     def load(cls, path: PathLike) -> NgramTable:
@@ -246,35 +271,76 @@ class NgramTable(_CsrTable):
 
         Raises:
             FileNotFoundError: no such file.
-            ValueError: the file is truncated, corrupt, not an igot n-gram table or of another version.
+            ValueError: the file is truncated, corrupt, a word table (WordTable.load reads it), not an igot
+                n-gram table or of another version.
         """
-        path = Path(path)
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(_HEADER_BYTES)
-            if len(head) < _HEADER_BYTES or head[:8] != _MAGIC:
-                raise ValueError(f"{path} is not an igot n-gram table (bad magic or shorter than its header)")
-            (_, version, flags, n, n_ids, max_n, _, min_count, payload_crc) = _HEADER.unpack(head[:_HEADER.size])
-            if version != _FORMAT_VERSION:
-                raise ValueError(f"{path} has format version {version}; this igot reads version {_FORMAT_VERSION}")
-            if struct.unpack("<I", head[_HEADER.size:])[0] != zlib.crc32(head[:_HEADER.size]):
-                raise ValueError(f"{path} is corrupt: header checksum mismatch")
-            expected = _HEADER_BYTES + 8 * (n + 1) + 4 * n_ids + 8 * n
-            if size != expected:
-                raise ValueError(f"{path} is truncated or padded: {size} bytes, its header says {expected}")
-            arrays = []
-            crc = 0
-            for dtype, count in (("<i8", n + 1), ("<u4", n_ids), ("<i8", n)):
-                data = f.read(np.dtype(dtype).itemsize * count)
-                crc = zlib.crc32(data, crc)
-                arrays.append(np.frombuffer(data, dtype=dtype).astype(dtype[1:], copy=False))
-        if crc != payload_crc:
-            raise ValueError(f"{path} is corrupt: payload checksum mismatch")
-        offsets, ids, counts = arrays
-        if offsets[0] != 0 or offsets[-1] != n_ids or np.any(np.diff(offsets) < 1) or np.any(counts < 1):
-            raise ValueError(f"{path} is corrupt: inconsistent offsets or counts")
-        return cls(offsets, ids, counts, max_n=max_n, min_count=min_count,
-                   cross_words=bool(flags & _FLAG_CROSS_WORDS))
+        flags, max_n, min_count, arrays = _read_igc(path)
+        if flags & _FLAG_WORDS:
+            raise ValueError(f"{path} holds a word table: read it with WordTable.load")
+        return cls(*arrays, max_n=max_n, min_count=min_count, cross_words=bool(flags & _FLAG_CROSS_WORDS))
+
+
+def _merged(tables: Sequence[_CsrTable], min_count: int, threads: int) -> tuple:
+    """_core.merge_tables of the tables' concatenated CSR arrays."""
+    starts = np.cumsum([0] + [len(t.ids) for t in tables[:-1]], dtype=np.int64)
+    offsets = np.concatenate([t.offsets[:-1] + s for t, s in zip(tables, starts)]
+                             + [np.array([sum(len(t.ids) for t in tables)], dtype=np.int64)])
+    ids = np.concatenate([t.ids for t in tables]).astype(np.uint32, copy=False)
+    counts = np.concatenate([t.counts for t in tables]).astype(np.int64, copy=False)
+    return _core.merge_tables(offsets, ids, counts, min_count=min_count, threads=threads)
+
+
+def _write_igc(path: PathLike, table: _CsrTable, flags: int, max_n: int, min_count: int) -> Path:
+    """Write a table's CSR arrays and header fields as an .igc file (temporary name, then os.replace)."""
+    path = Path(path)
+    offsets = np.ascontiguousarray(table.offsets, dtype="<i8")
+    ids = np.ascontiguousarray(table.ids, dtype="<u4")
+    counts = np.ascontiguousarray(table.counts, dtype="<i8")
+    payload_crc = 0
+    for array in (offsets, ids, counts):
+        payload_crc = zlib.crc32(memoryview(array).cast("B"), payload_crc)
+    header = _HEADER.pack(_MAGIC, _FORMAT_VERSION, flags, len(counts), len(ids), max_n, 0, min_count, payload_crc)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header + struct.pack("<I", zlib.crc32(header)))
+            for array in (offsets, ids, counts):
+                f.write(memoryview(array).cast("B"))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_igc(path: PathLike) -> tuple[int, int, int, list[np.ndarray]]:
+    """(flags, max_n, min_count, [offsets, ids, counts]) of an .igc file, every check of the format done."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(_HEADER_BYTES)
+        if len(head) < _HEADER_BYTES or head[:8] != _MAGIC:
+            raise ValueError(f"{path} is not an igot n-gram table (bad magic or shorter than its header)")
+        (_, version, flags, n, n_ids, max_n, _, min_count, payload_crc) = _HEADER.unpack(head[:_HEADER.size])
+        if version != _FORMAT_VERSION:
+            raise ValueError(f"{path} has format version {version}; this igot reads version {_FORMAT_VERSION}")
+        if struct.unpack("<I", head[_HEADER.size:])[0] != zlib.crc32(head[:_HEADER.size]):
+            raise ValueError(f"{path} is corrupt: header checksum mismatch")
+        expected = _HEADER_BYTES + 8 * (n + 1) + 4 * n_ids + 8 * n
+        if size != expected:
+            raise ValueError(f"{path} is truncated or padded: {size} bytes, its header says {expected}")
+        arrays = []
+        crc = 0
+        for dtype, count in (("<i8", n + 1), ("<u4", n_ids), ("<i8", n)):
+            data = f.read(np.dtype(dtype).itemsize * count)
+            crc = zlib.crc32(data, crc)
+            arrays.append(np.frombuffer(data, dtype=dtype).astype(dtype[1:], copy=False))
+    if crc != payload_crc:
+        raise ValueError(f"{path} is corrupt: payload checksum mismatch")
+    offsets, ids, counts = arrays
+    if offsets[0] != 0 or offsets[-1] != n_ids or np.any(np.diff(offsets) < 1) or np.any(counts < 1):
+        raise ValueError(f"{path} is corrupt: inconsistent offsets or counts")
+    return flags, max_n, min_count, arrays
 
 
 # ----------------------------------------------------------------------------------------------- counting
