@@ -120,6 +120,13 @@ def _add_count(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--doc-mode", choices=["file", "blank_line", "line"], default="file",
                    help="how .txt files split into documents")
     p.add_argument("--top", type=int, default=20, help="how many of the most frequent n-grams to print")
+    p.add_argument("--words", action="store_true",
+                   help="count distinct pre-tokens instead (a word table, for igot extend --domain-table)")
+    p.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="encode and count on a Dask cluster: a scheduler address, or local:N for N local worker "
+                        "processes (pip install 'igot[cluster]'); same table as without it")
+    p.add_argument("--shard-size", type=_byte_size, default=None,
+                   help="--cluster: cut files larger than this between documents (default 64M)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_count)
 
@@ -140,34 +147,51 @@ def _cmd_count(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .corpus import encode_corpus, load_tokenizer, read_documents
-    from .counting import count_ngrams
+    from .counting import count_ngrams, count_words
 
     tokenizer = load_tokenizer(args.tokenizer)
     start = time.perf_counter()
-    docs = read_documents(args.sources, doc_mode=args.doc_mode)
-    corpus = encode_corpus(tokenizer, docs, progress=not args.no_progress)
-    if corpus.n_tokens == 0:
-        raise ValueError(f"no tokens in {' '.join(args.sources)}: nothing to count")
-    encoded = time.perf_counter()
-    table = count_ngrams(corpus.ids, corpus.word_starts, corpus.doc_starts, max_n=args.max_n,
-                         min_count=args.min_count, threads=args.threads, cross_words=args.cross_words,
-                         memory_budget=args.memory_budget)
-    counted = time.perf_counter()
+    if args.cluster:
+        from . import cluster
+
+        options = {"cluster": args.cluster, "doc_mode": args.doc_mode, "progress": not args.no_progress}
+        if args.shard_size is not None:
+            options["shard_bytes"] = args.shard_size
+        try:
+            table = (cluster.count_words(args.sources, tokenizer, **options) if args.words else
+                     cluster.count_ngrams(args.sources, tokenizer, max_n=args.max_n, min_count=args.min_count,
+                                          cross_words=args.cross_words, memory_budget=args.memory_budget,
+                                          **options))
+        except cluster.ShardError as exc:
+            print(f"igot: error: {exc}", file=sys.stderr)
+            return 1
+        source = f"on the cluster {args.cluster} in {time.perf_counter() - start:.2f} s"
+    else:
+        corpus = encode_corpus(tokenizer, read_documents(args.sources, doc_mode=args.doc_mode),
+                               progress=not args.no_progress)
+        encoded = time.perf_counter()
+        table = (count_words(corpus.ids, corpus.word_starts, corpus.doc_starts, threads=args.threads) if args.words
+                 else count_ngrams(corpus.ids, corpus.word_starts, corpus.doc_starts, max_n=args.max_n,
+                                   min_count=args.min_count, threads=args.threads, cross_words=args.cross_words,
+                                   memory_budget=args.memory_budget))
+        encode_s, count_s = encoded - start, time.perf_counter() - encoded
+        source = (f"from {corpus.n_docs:,} documents, {corpus.n_tokens:,} tokens; encode {encode_s:.2f} s "
+                  f"({corpus.n_tokens / encode_s:,.0f} tokens/s), count {count_s:.3f} s "
+                  f"({corpus.n_tokens / count_s:,.0f} tokens/s)")
     table.save(args.out)
 
-    encode_s, count_s = encoded - start, counted - encoded
-    print(f"{args.out}: {len(table):,} distinct n-grams (2 <= n <= {args.max_n}, count >= {args.min_count}, "
-          f"{'across' if args.cross_words else 'inside'} words) from {corpus.n_docs:,} documents, "
-          f"{corpus.n_tokens:,} tokens")
-    print(f"encode {encode_s:.2f} s ({corpus.n_tokens / encode_s:,.0f} tokens/s), count {count_s:.3f} s "
-          f"({corpus.n_tokens / count_s:,.0f} tokens/s, {table.passes} pass{'es' if table.passes > 1 else ''})")
-    lengths = table.lengths
-    print("n:        " + " ".join(f"{n:>9}" for n in range(2, args.max_n + 1)))
-    print("distinct: " + " ".join(f"{int(np.sum(lengths == n)):>9,}" for n in range(2, args.max_n + 1)))
+    if args.words:
+        print(f"{args.out}: {len(table):,} distinct pre-tokens, {int(table.counts.sum()):,} occurrences {source}")
+    else:
+        print(f"{args.out}: {len(table):,} distinct n-grams (2 <= n <= {args.max_n}, count >= {args.min_count}, "
+              f"{'across' if args.cross_words else 'inside'} words) {source}")
+        lengths = table.lengths
+        print("n:        " + " ".join(f"{n:>9}" for n in range(2, args.max_n + 1)))
+        print("distinct: " + " ".join(f"{int(np.sum(lengths == n)):>9,}" for n in range(2, args.max_n + 1)))
     print(f"top {min(args.top, len(table))}:")
     for i in range(min(args.top, len(table))):
-        ngram = table.ngram(i)
-        print(f"{int(table.counts[i]):>10,}  {tokenizer.decode(list(ngram))!r:40s} {list(ngram)}")
+        entry = table.ngram(i) if not args.words else table.word(i)
+        print(f"{int(table.counts[i]):>10,}  {tokenizer.decode(list(entry))!r:40s} {list(entry)}")
     return 0
 
 
