@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "transformers", "triton", "numba", "scipy", "matplotlib")
+HEAVY = ("torch", "transformers", "triton", "numba", "scipy", "matplotlib", "dask", "distributed", "ray")
 
 
 def _modules_after(code: str) -> set[str]:
@@ -19,6 +19,7 @@ def _modules_after(code: str) -> set[str]:
     "import igot",
     "import igot; dir(igot); igot.__all__",
     "import igot.data, igot.corpus, igot.counting, igot.vocab",
+    "import igot.cluster",  # Dask loads when a cluster function runs
 ])
 def test_light_imports_load_no_heavy_module(code):
     loaded = _modules_after(code)
