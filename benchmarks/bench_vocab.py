@@ -16,7 +16,8 @@ at one budget with verify=True, i.e. G2/G3 checked on every train, held-out and 
     .venv/bin/python benchmarks/bench_vocab.py --only speed         # extend_tokenizer vs one encode pass
 
 The speed table (issue 10) times `extend_tokenizer(budget=2000, verify=True)` against one `encode_batch`
-pass of a freshly loaded base over the same documents (domain train + general train + domain held-out),
+pass of a freshly loaded base over the same documents (domain train + general train + domain held-out;
+SmolLM2 on the biomedical and code corpora, Mistral and BERT on the biomedical ones),
 interleaved in one process (the order alternates per repeat), after one small warm-up call that loads the
 Numba selection kernels; medians of the repeats. Wall time is the goal's measure; CPU time (all threads of
 the process) is printed too, as the shared 2-core box makes wall time noisy.
@@ -164,14 +165,21 @@ def model_types(budget: int, repeats: int, quick: bool, rows: list[dict], on_row
         on_row()
 
 
+SPEED_CASES = (  # (tokenizer, corpora label, domain corpora, general corpora)
+    ("smollm2", "biomedical (HPO+GO vs sotu+moby_dick)", ("hpo", "go"), ("sotu", "moby_dick")),
+    ("smollm2", "code (pystdlib vs pydoc)", ("pystdlib",), ("pydoc",)),
+    ("mistral", "biomedical (HPO+GO vs sotu+moby_dick)", ("hpo", "go"), ("sotu", "moby_dick")),
+    ("bert", "biomedical (HPO+GO vs sotu+moby_dick)", ("hpo", "go"), ("sotu", "moby_dick")),
+)
+
+
 def extend_speed(repeats: int, quick: bool, rows: list[dict], on_row) -> None:
-    """extend_tokenizer wall time / one encode_batch pass over the same documents, on two corpus pairs."""
-    base_path = data.tokenizer_path("smollm2")
+    """extend_tokenizer wall time / one encode_batch pass over the same documents, per tokenizer and corpora."""
     warm = corpora(("hpo",), ("moby_dick",), True)
-    extend_tokenizer(base_path, warm[0][:500], warm[1][:2], budget=50, progress=False)  # loads the Numba kernels
-    for label, domain_names, general_names in (("biomedical (HPO+GO vs sotu+moby_dick)", ("hpo", "go"),
-                                                 ("sotu", "moby_dick")),
-                                                ("code (pystdlib vs pydoc)", ("pystdlib",), ("pydoc",))):
+    extend_tokenizer(data.tokenizer_path("smollm2"), warm[0][:500], warm[1][:2], budget=50,
+                     progress=False)  # loads the Numba kernels
+    for tokenizer, label, domain_names, general_names in SPEED_CASES:
+        base_path = data.tokenizer_path(tokenizer)
         train, general, held_domain, _ = corpora(domain_names, general_names, quick)
         everything = train + general + held_domain
         times: dict[str, list[tuple[float, float]]] = {"encode": [], "extend": []}
@@ -195,7 +203,7 @@ def extend_speed(repeats: int, quick: bool, rows: list[dict], on_row) -> None:
         phases = {k: statistics.median(r["timings_s"][k] for r in reports) for k in reports[0]["timings_s"]}
         ratios = [e[0] / b[0] for e, b in zip(times["extend"], times["encode"])]
         last = reports[-1]
-        rows.append({"corpus": label, "docs": len(everything),
+        rows.append({"corpus": label, "tokenizer": tokenizer, "docs": len(everything),
                      "tokens": sum(v["base"] for v in last["tokens"].values()),
                      "encode_s": wall["encode"], "extend_s": wall["extend"],
                      "ratio": wall["extend"] / wall["encode"],
@@ -203,18 +211,18 @@ def extend_speed(repeats: int, quick: bool, rows: list[dict], on_row) -> None:
                      "phases": phases, "checked": last["checked"], "entries": last["entries_added"],
                      "verified": last["verified"] and not last["dropped_by_verification"]})
         r = rows[-1]
-        print(f"[speed] {label}: encode_batch {r['encode_s']:.2f} s, extend_tokenizer {r['extend_s']:.2f} s, "
+        print(f"[speed] {tokenizer}, {label}: encode_batch {r['encode_s']:.2f} s, extend_tokenizer {r['extend_s']:.2f} s, "
               f"ratio {r['ratio']:.2f} (CPU {r['cpu_ratio']:.2f}), phases {phases}", file=sys.stderr)
         on_row()
 
 
 def speed_table(rows: list[dict]) -> str:
-    header = ["corpora (SmolLM2, budget 2,000)", "documents", "base tokens", "one encode_batch pass s",
+    header = ["corpora (budget 2,000)", "tokenizer", "documents", "base tokens", "one encode_batch pass s",
               "extend_tokenizer s", "ratio extend / encode (wall)", "per-repeat range", "ratio (CPU time)",
               "encode+count / select / write / verify s", "distinct words / whole documents checked",
               "G2/G3 verified"]
-    return markdown(header, "lrrrrrrrrrl", [
-        [r["corpus"], f"{r['docs']:,}", f"{r['tokens']:,}", f"{r['encode_s']:.2f}", f"{r['extend_s']:.2f}",
+    return markdown(header, "llrrrrrrrrrl", [
+        [r["corpus"], r["tokenizer"], f"{r['docs']:,}", f"{r['tokens']:,}", f"{r['encode_s']:.2f}", f"{r['extend_s']:.2f}",
          f"{r['ratio']:.2f}", f"{r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}", f"{r['cpu_ratio']:.2f}",
          " / ".join(f"{r['phases'].get(k, 0.0):.2f}" for k in ("encode_count", "select", "write", "verify")),
          f"{r['checked']['distinct_words']:,} / {r['checked']['whole_documents']:,}",

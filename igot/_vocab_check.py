@@ -12,23 +12,26 @@ for the base and the new tokenizer alike. The words and their counts come from t
 (igot.corpus.encode_corpus, then igot.counting.count_words: the one encoding pass of extend_tokenizer). A
 word's text is rebuilt from its base tokens (their strings joined; WordPiece: continuations without their
 "##"), and the base model must give back exactly those tokens for it, which proves the rebuilt text is the
-text the model saw. Then the base and the new model run once on each distinct word, and per word:
+text the model saw. Byte-fallback tokens (<0xNN>, for characters without a piece) stand for their byte:
+a word's run of them is the UTF-8 of its unknown characters. Then the base and the new model run once on
+each distinct word, and per word:
   G3: len(new(w)) <= len(base(w)). Summed with the counts this is G3 for every document, and a word that
       breaks it is itself a text that breaks it.
-  G2: new(w) holds no unknown, byte-fallback or added id, its token strings join to the same text, and
-      the decoder turns new(w) and base(w) into the same string both at the start of a document and after
-      another word.
+  G2: new(w) holds no unknown or added id, its tokens join to the same text, and the decoder turns new(w)
+      and base(w) into the same string both at the start of a document and after another word.
 G2 for whole documents follows when the decoder is word-separable (`separable_decoder`): its output is the
 concatenation of one part per word that depends only on that word's tokens and on whether the word comes
 first. That holds for ByteLevel (all bytes decoded at once; each word's bytes are whole UTF-8 characters),
 Metaspace and WordPiece (each token on its own, with a rule for the document's first token), and a
 Sequence of one-character Replace and ByteFallback steps, then Fuse, then Strip with stop=0 (the Llama /
-Mistral decoder: a character map of the joined strings, then the first characters of the document).
+Mistral decoder: a character map of the joined strings, then the first characters of the document;
+ByteFallback decodes runs of byte tokens, and a word's runs are whole UTF-8 characters, so runs that meet
+across words decode to the concatenation of their parts).
 Normalizers need no rule: words are read after normalization and pre-tokenization, which both share.
 
 Documents still checked whole (encoded and decoded with both tokenizers, truncation and padding off):
-- documents that hold an unmergeable id: the unknown token (WordPiece's [UNK] even stands for a whole
-  word), byte-fallback tokens <0xNN> and added tokens; a word's text cannot be rebuilt from those ids;
+- documents that hold the unknown token (WordPiece's [UNK] even stands for a whole word) or an added
+  token: a word's text cannot be rebuilt from those ids;
 - every document when the decoder is not word-separable (CTC merges equal neighbours across words,
   BPEDecoder has a last-token rule, no decoder at all joins tokens with spaces, ...) or when the added
   tokens of the two tokenizers differ (method="added_tokens": then the words themselves change);
@@ -37,12 +40,13 @@ Documents still checked whole (encoded and decoded with both tokenizers, truncat
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._vocab_models import id_to_token, unmergeable_ids
+from ._vocab_models import byte_fallback_ids, id_to_token, unmergeable_ids
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -50,6 +54,7 @@ if TYPE_CHECKING:
     from .counting import WordTable
 
 _ENCODE_BATCH = 1024  # documents per encode_batch call when documents are checked whole
+_ESCAPED = re.compile("[\udc80-\udcff]")  # bytes of byte-fallback tokens while a word's text is rebuilt
 # Documents per encode_batch call of the counting pass: so many that encode_corpus's 8 Mi-character cap
 # ends each batch. On the biomedical demo corpora (52k documents, most short), medians of 4 interleaved runs
 # against one encode_batch call over everything: 1,024 documents per batch 1.40x its wall / 1.47x its CPU
@@ -107,13 +112,19 @@ class CorpusWords:
     whole_docs: np.ndarray  # int64 [D] indices into the texts of the documents checked whole
 
 
-def count_corpus(tokenizer: Tokenizer, texts: list[str], unmergeable: np.ndarray, progress: bool) -> CorpusWords:
+def lossy_ids(tok_json: dict) -> np.ndarray:
+    """Unmergeable ids whose text a word cannot be rebuilt from: the unknown and the added tokens (int64)."""
+    unmergeable = unmergeable_ids(tok_json)
+    return unmergeable[~np.isin(unmergeable, list(byte_fallback_ids(tok_json)))]
+
+
+def count_corpus(tokenizer: Tokenizer, texts: list[str], tok_json: dict, progress: bool) -> CorpusWords:
     """Encode a corpus once with the base (truncation and padding off) and count its words.
 
     Args:
         tokenizer: the base tokenizer.
         texts: the documents.
-        unmergeable: sorted int64 ids that never join an entry (igot._vocab_models.unmergeable_ids).
+        tok_json: the base's parsed tokenizer.json.
         progress: show the encoding progress bar.
 
     Returns:
@@ -124,16 +135,19 @@ def count_corpus(tokenizer: Tokenizer, texts: list[str], unmergeable: np.ndarray
 
     corpus = encode_corpus(tokenizer, texts, batch_size=_COUNT_BATCH, progress=progress)  # no truncation, padding
     ids, word_starts, doc_starts = (np.asarray(a) for a in (corpus.ids, corpus.word_starts, corpus.doc_starts))
-    held = np.isin(ids, unmergeable)  # [T]
+    held = np.isin(ids, unmergeable_ids(tok_json))  # [T]
     if not held.any():
         words = count_words(ids, word_starts, doc_starts)
         return CorpusWords(words, words, corpus.n_tokens, np.zeros(0, np.int64))
     isolated = word_starts | held  # [T] such tokens become one-token words: never part of an entry
     isolated[1:] |= held[:-1]
     select = count_words(ids, isolated, doc_starts)
+    lossy = np.isin(ids, lossy_ids(tok_json))  # [T]
+    if not lossy.any():
+        return CorpusWords(select, count_words(ids, word_starts, doc_starts), corpus.n_tokens, np.zeros(0, np.int64))
     doc_of = np.cumsum(doc_starts) - 1  # [T] document of each token
     whole = np.zeros(corpus.n_docs, bool)  # [D]
-    whole[doc_of[held]] = True
+    whole[doc_of[lossy]] = True
     nonempty = np.array([i for i, text in enumerate(texts) if text], np.int64)  # encode_corpus skips ""
     if len(nonempty) != corpus.n_docs:  # a document gave no token at all: check every document whole
         return CorpusWords(select, _no_words(), corpus.n_tokens, np.arange(len(texts), dtype=np.int64))
@@ -159,6 +173,16 @@ class Checked:
     whole_documents: int = 0  # documents encoded whole with both tokenizers
 
 
+def _unescape(text: str) -> str:
+    """Turn the surrogate-escaped bytes of byte-fallback tokens into the characters they encode."""
+    if not _ESCAPED.search(text):
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8")
+    except UnicodeError:  # not whole characters: a text no model input can be, so the check refuses it
+        return "\0" + text
+
+
 def _model_ids(tokenizer: Tokenizer, words: list[str]) -> list[list[int]]:
     """The ids the tokenizer's model alone gives each word (no normalizer, pre-tokenizer or added tokens)."""
     from tokenizers import Tokenizer
@@ -181,10 +205,12 @@ class WordCheck:
             corpora: name -> (documents, their CorpusWords from count_corpus).
         """
         self.base, self.corpora = untruncated(base), corpora
-        self.unmergeable = frozenset(unmergeable_ids(tok_json).tolist())
+        self.lossy = frozenset(lossy_ids(tok_json).tolist())
         model = tok_json["model"]
         self.prefix = (model.get("continuing_subword_prefix") or "##") if model["type"] == "WordPiece" else ""
         strings = id_to_token(tok_json)
+        for i, byte in byte_fallback_ids(tok_json).items():  # a byte >= 0x80 as its surrogate escape
+            strings[i] = chr(byte) if byte < 0x80 else chr(0xDC00 + byte)
         self.strings = [strings.get(i, "") for i in range(max(strings, default=-1) + 1)]
         index: dict[str, int] = {}
         self.texts: list[str] = []  # distinct words of all corpora
@@ -248,7 +274,7 @@ class WordCheck:
             later[bounds[:-1]] = False
             for i in np.flatnonzero(later).tolist():
                 pieces[i] = self._continuation(pieces[i])
-        return ["".join(pieces[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [_unescape("".join(pieces[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def _join(self, ids: list[int], new: Tokenizer | None = None) -> str:
         """The text a model read to give `ids` (WordPiece continuations lose their prefix); new ids need `new`."""
@@ -256,7 +282,7 @@ class WordCheck:
         pieces = [table[i] if i < len(table) else new.id_to_token(i) for i in ids]  # type: ignore[union-attr]
         if self.prefix:
             pieces[1:] = map(self._continuation, pieces[1:])
-        return "".join(pieces)
+        return _unescape("".join(pieces))
 
     def _continuation(self, piece: str) -> str:
         """A WordPiece piece after the first of its word, as text; "\0" marks one without the prefix."""
@@ -268,7 +294,7 @@ class WordCheck:
             old, ids = self.base_ids[k], fresh[k]
             if ids == old:
                 continue
-            if len(ids) > len(old) or self.unmergeable.intersection(ids) or \
+            if len(ids) > len(old) or self.lossy.intersection(ids) or \
                     self._join(ids, new=new) != self.texts[k]:
                 self._offence(result, self.base.decode(old, skip_special_tokens=False), ids)
             else:

@@ -93,10 +93,7 @@ def unmergeable_ids(tok_json: dict) -> np.ndarray:
         Sorted int64 array of ids.
     """
     model = tok_json["model"]
-    ids = {t["id"] for t in tok_json.get("added_tokens") or []}
-    for token, i in _vocab_items(model):
-        if model.get("byte_fallback") and _BYTE_FALLBACK.match(token):
-            ids.add(i)
+    ids = {t["id"] for t in tok_json.get("added_tokens") or []} | set(byte_fallback_ids(tok_json))
     unk = model.get("unk_token")
     if model["type"] == "Unigram":
         if model.get("unk_id") is not None:
@@ -104,6 +101,14 @@ def unmergeable_ids(tok_json: dict) -> np.ndarray:
     elif unk is not None and unk in model["vocab"]:
         ids.add(model["vocab"][unk])
     return np.array(sorted(ids), dtype=np.int64)
+
+
+def byte_fallback_ids(tok_json: dict) -> dict[int, int]:
+    """Map the byte-fallback ids (<0xNN>) of a parsed tokenizer.json to their byte; empty without byte fallback."""
+    model = tok_json["model"]
+    if not model.get("byte_fallback"):
+        return {}
+    return {i: int(token[3:5], 16) for token, i in _vocab_items(model) if _BYTE_FALLBACK.match(token)}
 
 
 def id_to_token(tok_json: dict) -> dict[int, str]:

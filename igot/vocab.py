@@ -169,7 +169,7 @@ def extend_tokenizer(
     clock = time.perf_counter()
     corpora = {name: texts for name, texts in (("domain", domain_texts), ("heldout", heldout_texts),
                                                ("general", general_texts)) if texts is not None}
-    counted = {name: count_corpus(base_tok, texts, unmergeable, progress) for name, texts in corpora.items()}
+    counted = {name: count_corpus(base_tok, texts, tok_json, progress) for name, texts in corpora.items()}
     words = {name: c.select for name, c in counted.items()}
     timings["encode_count"] = time.perf_counter() - clock
 

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from igot import data
 from igot._vocab_check import Checked, WordCheck, count_corpus
-from igot._vocab_models import WORDPIECE_POOL, unmergeable_ids
+from igot._vocab_models import WORDPIECE_POOL
 from igot.vocab import ExtendedTokenizer, apply_selection, extend_tokenizer
 
 KINDS = ("smollm2", "gpt2", "mistral", "bert", "unigram", "wordpiece")
@@ -247,8 +247,7 @@ def word_check(base: Tokenizer, new: Tokenizer, corpora: dict[str, list[str]], t
                ) -> Checked:
     """What extend_tokenizer's verification finds: counts and offences from the word-level check."""
     tok_json = tok_json or json.loads(base.to_str())
-    counted = {name: (texts, count_corpus(base, texts, unmergeable_ids(tok_json), False))
-               for name, texts in corpora.items()}
+    counted = {name: (texts, count_corpus(base, texts, tok_json, False)) for name, texts in corpora.items()}
     return WordCheck(base, tok_json, counted).run(new, check=True)
 
 
@@ -290,6 +289,17 @@ def test_word_level_counts_equal_whole_document_encodes_on_random_text(extended,
         assert checked.counts["docs"] == (document_tokens(ext.base, docs), document_tokens(ext.tokenizer, docs))
 
     check()
+
+
+def test_byte_fallback_words_are_checked_word_by_word(extended):
+    ext = extended["mistral"]  # SentencePiece BPE: a character without a piece becomes its UTF-8 bytes
+    docs = ["Line one\nline two 🧬 naïve\n\n  ∑ x² 漢", "DNA 🧬🧬, ꙮ 𝔸x\n"] + \
+        data.load_corpus("moby_dick", "heldout")[:2] + data.load_corpus("hpo", "heldout")[:200]
+    tokens = {t for e in ext.base.encode_batch(docs, add_special_tokens=False) for t in e.tokens}
+    assert {"<0x0A>", "<0xF0>"} <= tokens  # newlines and emoji really are byte-fallback tokens here
+    checked = word_check(ext.base, ext.tokenizer, {"docs": docs})
+    assert checked.offending == [] and checked.whole_documents == 0  # their words were rebuilt and checked
+    assert checked.counts["docs"] == (document_tokens(ext.base, docs), document_tokens(ext.tokenizer, docs))
 
 
 def _metaspace_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], split: bool = True) -> Tokenizer:
