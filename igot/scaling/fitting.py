@@ -34,6 +34,7 @@ HUBER_DELTA = 1e-3  # Hoffmann et al.'s δ: residuals above 0.1% in log-loss cou
 _LOG_COEF_BOUNDS = (-40.0, 40.0)  # E, A, B, C after scaling N and tokens to O(1): e^±40 is never a real value
 _MIN_DISTINCT = 3  # E + A/N^alpha: 3 unknowns, so at least 3 distinct sizes (likewise for D and D′)
 _WIDE = 1.0  # a bootstrap interval wider than the value itself (relative width > 1) is reported as poorly determined
+_NEGLIGIBLE = 1e-6  # a term under this share of every run's loss was dropped by the fit (seen: E -> 1e-12 on real tiny runs)
 Target = Literal["loss", "general_loss"]
 Holdout = Literal["largest_N", "largest_compute"]
 _EXPONENT_OF = {"A": "alpha", "B": "beta", "C": "gamma"}  # coefficient -> exponent of its term
@@ -393,9 +394,17 @@ class _Problem:
         return theta
 
     def notes(self, theta: np.ndarray) -> list[str]:
-        """Warnings on the full fit: parameters at a bound, too few runs per parameter."""
+        """Warnings on the full fit: parameters at a bound, dropped terms, too few runs per parameter."""
         out = []
         natural = self.natural(theta)
+        coef, _, X, L = self._parts(theta)
+        share = coef * X / L[:, None]  # [R, 4] each term's share of each run's predicted loss
+        for i, name in enumerate(self.law.linear):
+            # d/d log(coef) vanishes with the term, so neither the fit nor a bootstrap refit can bring it back:
+            # its bootstrap interval collapses to a point that says nothing
+            if self.free[i] and np.all(share[:, i] < _NEGLIGIBLE):
+                out.append(f"{name} = {natural[i]:.4g} is under {_NEGLIGIBLE:g} of every run's loss: the fit dropped "
+                           "its term (the runs do not show it), and its bootstrap interval is meaningless")
         for i, name in enumerate(self.law.param_names):
             lo, hi = self.bounds[i]
             if self.free[i] and min(theta[i] - lo, hi - theta[i]) < 1e-6 * max(1.0, abs(theta[i])):
