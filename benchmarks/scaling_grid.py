@@ -203,6 +203,8 @@ def fit_laws(table: Any, grid_runs: list[dict], p: dict, out: Path) -> dict[str,
     from igot.scaling import LAWS, compare, fit, get_law, plan
 
     comparisons = {holdout: compare(table, list(LAWS), holdout=holdout) for holdout in ("largest_N", "largest_compute")}
+    comparisons["largest_N"].rows += [next_size_baseline(grid_runs, both)
+                                      for both in sorted({not get_law(name).defined_at_zero_Dp for name in LAWS})]
     sizes = sorted(set(table.N.tolist()))
     largest = max(grid_runs, key=lambda r: r["N"] * (r["D"] + r["Dp"]))
     budget = 6 * largest["N"] * (largest["D"] + largest["Dp"])
@@ -224,6 +226,21 @@ def fit_laws(table: Any, grid_runs: list[dict], p: dict, out: Path) -> dict[str,
         plans_at_largest[name] = plan(result, budget, n_domains=1, N=largest["N"])
     return {"comparisons": comparisons, "fits": fits, "plans": plans, "plans_at_largest": plans_at_largest,
             "budget": budget, "largest_run": largest["name"]}
+
+
+def next_size_baseline(runs: list[dict], both_kinds: bool) -> dict[str, Any]:
+    """The extrapolation to the largest size without a law: each of its runs predicted by the run with the same
+    D and D′ at the next smaller size (a compare() row, so it prints in the same table); both_kinds: only the
+    runs with D > 0 and D′ > 0, those chinchilla_split is tested on."""
+    runs = [r for r in runs if not both_kinds or (r["D"] > 0 and r["Dp"] > 0)]
+    sizes = sorted({r["N"] for r in runs})
+    below = {(r["D"], r["Dp"]): r["loss"] for r in runs if r["N"] == sizes[-2]}
+    held = [r for r in runs if r["N"] == sizes[-1]]
+    rel = [below[r["D"], r["Dp"]] / r["loss"] - 1 for r in held]
+    return {"law": "no law: the next smaller size's loss" + (" (D, D' > 0)" if both_kinds else ""),
+            "n_train": None, "n_test": len(held),
+            "mean_abs_rel_err": statistics.fmean(map(abs, rel)), "max_abs_rel_err": max(map(abs, rel)),
+            "mean_rel_err": statistics.fmean(rel)}
 
 
 def plot_fits(runs: list[dict], fits: dict, path: Path) -> None:
