@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import numpy as np
 
 from ._files import replace_folder
-from ._vocab_check import WordCheck, count_corpus, untruncated
+from ._vocab_check import CorpusWords, WordCheck, count_corpus, lossy_ids, untruncated
 from ._vocab_models import (WORDPIECE_POOL, NewToken, WriteResult, id_to_token, largest_id, model_type,
                             side_file_names, tokenizer_config_default, tokens_json, unmergeable_ids,
                             write_entries)
@@ -38,11 +38,12 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from .corpus import EncodedCorpus
+    from .counting import WordTable
 
 __all__ = ["extend_tokenizer", "apply_selection", "ExtendedTokenizer", "NewToken"]
 
 Method = Literal["igot", "frequency", "bpe", "added_tokens"]
-Texts = Union[str, "os.PathLike[str]", Sequence[str], Sequence["os.PathLike[str]"], "EncodedCorpus"]
+Texts = Union[str, "os.PathLike[str]", Sequence[str], Sequence["os.PathLike[str]"], "EncodedCorpus", "WordTable"]
 METHODS = ("igot", "frequency", "bpe", "added_tokens")
 REPORT_FILE = "igot_report.json"
 _REPAIR_ROUNDS = 3  # verification re-writes without offending entries at most this often
@@ -118,7 +119,9 @@ def extend_tokenizer(
         base: an HF tokenizer folder (tokenizer.json and side files), a tokenizer.json path, or a
             tokenizers.Tokenizer.
         domain: the domain corpus: a path / folder / glob or a list of them (igot.corpus.read_documents),
-            a list of document strings, or an EncodedCorpus encoded with `base`.
+            a list of document strings, an EncodedCorpus encoded with `base`, or a WordTable of its
+            pre-tokens counted with `base` (`igot count --words`, igot.cluster.count_words): then nothing is
+            encoded and the check runs on the table's words (corpora must not hold unknown or added tokens).
         general: the general corpus (same forms), used by method="igot" for domain specificity.
         budget: the most new vocabulary entries (WordPiece: the selection offers WORDPIECE_POOL x budget
             candidates and only a set proved safe for every text is written, which can be smaller).
@@ -159,9 +162,18 @@ def extend_tokenizer(
     kind = model_type(tok_json)  # unsupported types fail before any compute
     n_base = largest_id(tok_json) + 1
     unmergeable = unmergeable_ids(tok_json)
-    domain_texts = _documents(domain, base_tok, doc_mode, "domain")
-    general_texts = None if general is None else _documents(general, base_tok, doc_mode, "general")
-    heldout_texts = None if heldout is None else _documents(heldout, base_tok, doc_mode, "heldout")
+    from .counting import WordTable
+
+    tables = {name: t for name, t in (("domain", domain), ("general", general), ("heldout", heldout))
+              if isinstance(t, WordTable)}  # counted elsewhere: they replace the counting pass
+    if tables and method == "added_tokens":
+        raise ValueError("method='added_tokens' changes the pre-tokens themselves: pass texts, not word tables")
+    if "domain" in tables and tau is not None and heldout is None:
+        raise ValueError("tau with a domain word table needs held-out domain text: pass heldout= (documents or a "
+                         "word table of them)")
+    domain_texts, general_texts, heldout_texts = (
+        None if source is None else [] if name in tables else _documents(source, base_tok, doc_mode, name)
+        for name, source in (("domain", domain), ("general", general), ("heldout", heldout)))
     if tau is not None and heldout_texts is None:
         domain_texts, heldout_texts = _split(domain_texts, heldout_fraction, seed)
     timings["read"] = time.perf_counter() - clock
@@ -169,7 +181,8 @@ def extend_tokenizer(
     clock = time.perf_counter()
     corpora = {name: texts for name, texts in (("domain", domain_texts), ("heldout", heldout_texts),
                                                ("general", general_texts)) if texts is not None}
-    counted = {name: count_corpus(base_tok, texts, tok_json, progress) for name, texts in corpora.items()}
+    counted = {name: _table_words(tables[name], tok_json, name) if name in tables
+               else count_corpus(base_tok, texts, tok_json, progress) for name, texts in corpora.items()}
     words = {name: c.select for name, c in counted.items()}
     timings["encode_count"] = time.perf_counter() - clock
 
@@ -193,6 +206,10 @@ def extend_tokenizer(
 
     clock = time.perf_counter()
     checker = WordCheck(base_tok, tok_json, {name: (corpora[name], counted[name]) for name in corpora})
+    unchecked = sorted(checker.by_document & set(tables))  # these would need their documents
+    if unchecked:
+        raise ValueError(f"the {' and '.join(unchecked)} word table(s) hold words the base tokenizer does not "
+                         "give back (counted with another tokenizer?); pass the texts")
     checked = checker.run(tokenizer, check=verify and selection is not None)
     dropped: set[int] = set()
     for _ in range(_REPAIR_ROUNDS):
@@ -214,6 +231,7 @@ def extend_tokenizer(
         "vocab_size_new": tokenizer.get_vocab_size(with_added_tokens=True),
         "first_new_id": new_tokens[0].id if new_tokens else None,
         "skipped": skipped, "dropped_by_verification": len(dropped), "verified": bool(verify and selection),
+        "word_tables": sorted(tables),
         "checked": {"distinct_words": checked.distinct_words, "whole_documents": checked.whole_documents},
         "tokens": {name: {"base": b, "new": n, "saving": (1.0 - n / b) if b else 0.0}
                    for name, (b, n) in checked.counts.items()},
@@ -287,6 +305,25 @@ def _documents(source: Any, tokenizer: Tokenizer, doc_mode: str, name: str) -> l
         return list(read_documents(source, doc_mode=doc_mode))
     raise TypeError(f"a corpus must be paths, a list of document strings or an EncodedCorpus, got "
                     f"{type(source).__name__}")
+
+
+def _table_words(table: WordTable, tok_json: dict, name: str) -> CorpusWords:
+    """What count_corpus gives for the text a word table was counted from (igot count --words)."""
+    if np.isin(table.ids, lossy_ids(tok_json)).any():
+        raise ValueError(f"the {name} word table holds unknown or added-token ids, whose documents igot checks "
+                         "whole: pass the texts instead")
+    n_tokens = int(np.dot(table.lengths, table.counts))
+    held = np.isin(table.ids, unmergeable_ids(tok_json))  # byte-fallback ids: split around, as count_corpus does
+    if not held.any():
+        return CorpusWords(table, table, n_tokens, np.zeros(0, np.int64))
+    pieces = np.zeros(len(table.ids), bool)  # [N] a piece starts at each word start, held id and id after one
+    pieces[table.offsets[:-1]] = True
+    pieces |= held
+    pieces[1:] |= held[:-1]
+    starts = np.flatnonzero(pieces)
+    word_of = np.searchsorted(table.offsets, starts, side="right") - 1
+    split = type(table)(np.append(starts, len(table.ids)).astype(np.int64), table.ids, table.counts[word_of])
+    return CorpusWords(type(table).merge(split), table, n_tokens, np.zeros(0, np.int64))
 
 
 def _looks_like_path(text: str) -> bool:
