@@ -70,9 +70,12 @@ def _add_extend(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("extend", help="extend a tokenizer with domain entries written as real merges")
     p.add_argument("--base", required=True, help="Hugging Face tokenizer folder or tokenizer.json")
-    p.add_argument("--domain", nargs="+", required=True, help="domain files, folders or globs")
-    p.add_argument("--general", nargs="+", default=None, help="general-text files, folders or globs")
-    p.add_argument("--heldout", nargs="+", default=None, help="held-out domain files (reported, used by tau)")
+    for name, help_text in (("domain", "domain"), ("general", "general-text"),
+                            ("heldout", "held-out domain (reported, used by tau)")):
+        group = p.add_mutually_exclusive_group(required=name == "domain")
+        group.add_argument(f"--{name}", nargs="+", default=None, help=f"{help_text} files, folders or globs")
+        group.add_argument(f"--{name}-table", default=None, metavar="TABLE.igc",
+                           help=f"or: a word table of the {name} text (igot count --words [--cluster ...])")
     p.add_argument("--budget", type=int, default=2000, help="the most new vocabulary entries")
     p.add_argument("--method", choices=METHODS, default="igot", help="how entries are chosen")
     p.add_argument("--tau", default=None, help="IGOT_tau stopping threshold: a float or 'auto'")
@@ -83,16 +86,19 @@ def _add_extend(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_extend(args: argparse.Namespace) -> int:
+    from .counting import WordTable
     from .vocab import extend_tokenizer
 
+    domain, general, heldout = (WordTable.load(table) if table else texts for texts, table in (
+        (args.domain, args.domain_table), (args.general, args.general_table), (args.heldout, args.heldout_table)))
     tau = args.tau
     if tau is not None and tau != "auto":
         try:
             tau = float(tau)
         except ValueError:
             raise ValueError(f"--tau {tau!r} must be a number or 'auto'") from None
-    ext = extend_tokenizer(args.base, args.domain, args.general, budget=args.budget, method=args.method,
-                           tau=tau, heldout=args.heldout, doc_mode=args.doc_mode,
+    ext = extend_tokenizer(args.base, domain, general, budget=args.budget, method=args.method,
+                           tau=tau, heldout=heldout, doc_mode=args.doc_mode,
                            progress=not args.no_progress)
     out = ext.save(args.out)
     report = ext.report
