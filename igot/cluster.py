@@ -307,8 +307,10 @@ def connect(address: str, *, retries: int = 3) -> Iterator[Client]:
     import logging
 
     with dask.config.set({"distributed.scheduler.allowed-failures": retries}):
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR,
+        # no dashboard; the scheduler's HTTP endpoints (health, metrics) on a free loopback port, not 8787
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                               silence_logs=logging.ERROR,
                                env={"RAYON_NUM_THREADS": str(threads), "IGOT_CLUSTER_THREADS": str(threads)})
     with cluster, Client(cluster) as client:
         yield client
