@@ -195,3 +195,60 @@ def test_cli_count_on_cluster_writes_the_same_file(corpus_dir, client, tmp_path)
         assert main(["count", *sources, *common, *extra, "--out", str(tmp_path / "many.igc"), "--shard-size",
                      "300K", "--cluster", client.scheduler.address]) == 0
         assert (tmp_path / "one.igc").read_bytes() == (tmp_path / "many.igc").read_bytes()
+
+
+@pytest.mark.parametrize("tokenizer", ["smollm2", "mistral"])  # Mistral: words with byte-fallback ids
+def test_extend_from_cluster_word_tables_equals_extend_from_text(corpus_dir, client, tmp_path, tokenizer):
+    from igot.data import tokenizer_path
+    from igot.vocab import extend_tokenizer
+
+    base = tokenizer_path(tokenizer).parent
+    domain = tmp_path / "domain.jsonl"
+    with open(domain, "w", encoding="utf-8") as f:
+        rare = "temperature 37 \u00b0C, \u2265 2 \u03bcm, na\u00efve \U0001f9ec"  # byte fallback in Mistral
+        for doc in load_corpus("hpo", "train")[:3000] + [rare]:
+            f.write(json.dumps({"text": doc}) + "\n")
+    general, heldout = corpus_dir / "sotu", tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps({"text": d}) + "\n" for d in load_corpus("hpo", "heldout")[:500]))
+    options = {"budget": 150, "tau": "auto", "progress": False}
+    from_text = extend_tokenizer(base, [domain], [general], heldout=[heldout], **options)
+
+    tables = {}
+    for name, source in (("domain", domain), ("general", general), ("heldout", heldout)):
+        words = cluster.count_words(source, base, cluster=client, shard_bytes=100_000, progress=False)
+        tables[name] = WordTable.load(words.save(tmp_path / f"{name}.igc"))
+    if tokenizer == "mistral":  # the table path has to split words around byte-fallback ids itself
+        from igot._vocab_check import count_corpus
+        from igot._vocab_models import unmergeable_ids
+        from igot.vocab import _table_words
+
+        tok_json = json.loads(from_text.base.to_str())
+        assert np.isin(tables["domain"].ids, unmergeable_ids(tok_json)).any()
+        want = count_corpus(from_text.base, list(read_documents(domain)), tok_json, progress=False)
+        got = _table_words(tables["domain"], tok_json, "domain")
+        assert_same_table(got.select, want.select)  # what the selection reads
+        assert_same_table(got.words, want.words)
+        assert got.n_tokens == want.n_tokens and len(want.whole_docs) == 0
+    from_tables = extend_tokenizer(base, tables["domain"], tables["general"], heldout=tables["heldout"], **options)
+
+    assert from_tables.tokenizer.to_str() == from_text.tokenizer.to_str()
+    assert [(t.id, t.token) for t in from_tables.new_tokens] == [(t.id, t.token) for t in from_text.new_tokens]
+    assert len(from_text.new_tokens) > 20
+    np.testing.assert_array_equal(from_tables.selection.curve, from_text.selection.curve)
+    for key in ("tokens", "tau", "checked", "entries_added"):
+        assert from_tables.report[key] == from_text.report[key], key
+    assert from_tables.report["word_tables"] == ["domain", "general", "heldout"]
+
+
+def test_extend_refuses_tables_it_cannot_check(corpus_dir):
+    from igot.vocab import extend_tokenizer
+
+    sotu = one_process(corpus_dir / "sotu")
+    words = counting.count_words(sotu.ids, sotu.word_starts, sotu.doc_starts)
+    with pytest.raises(ValueError, match="needs held-out domain text"):
+        extend_tokenizer(smollm2(), words, tau="auto", progress=False)
+    with pytest.raises(ValueError, match="pass texts, not word tables"):
+        extend_tokenizer(smollm2(), words, method="added_tokens", progress=False)
+    shuffled = WordTable(words.offsets, (words.ids + 7).astype(np.uint32), words.counts)  # another tokenizer's ids
+    with pytest.raises(ValueError, match="counted with another tokenizer"):
+        extend_tokenizer(smollm2(), shuffled, budget=20, progress=False)
