@@ -54,8 +54,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(sizes=[(32, 1), (48, 2), (64, 2), (80, 3)], general_tokens=[4096, 8192, 16384],
                   domain_tokens=[1024, 2048, 4096], seq_len=64, batch_tokens=512, lr=5e-3, eval_docs=8,
                   eval_max_tokens=64, n_bootstrap=10, device="cpu"),
-    "cpu": dict(sizes=[(48, 2), (64, 3), (80, 4), (96, 6)], general_tokens=[8192, 32768, 131072],
-                domain_tokens=[3072, 9216, 27648], seq_len=128, batch_tokens=1024, lr=5e-3, eval_docs=128,
+    # cpu: the largest D reads 192k tokens of Moby-Dick's 235k, so no text repeats; 8k..131k general and 3k..28k
+    # domain tokens took 13.4 min on the idle box, these 3-4x as many about half an hour idle, an hour loaded
+    "cpu": dict(sizes=[(48, 2), (64, 3), (80, 4), (96, 6)], general_tokens=[24576, 98304, 393216],
+                domain_tokens=[12288, 36864, 110592], seq_len=128, batch_tokens=1024, lr=5e-3, eval_docs=128,
                 eval_max_tokens=128, n_bootstrap=100, device="cpu"),
     # gpu: Python documentation joins the general text so that Moby-Dick (235k tokens), the smallest corpus, is
     # read at most 2.8 times (up to about 4 epochs cost little against fresh data: Muennighoff et al. 2023)
