@@ -185,6 +185,19 @@ def test_failing_shard_is_named_and_nothing_written(corpus_dir, client, tmp_path
     assert client.run(lambda: 1)  # the cluster is still usable: nothing was killed for it
 
 
+def test_replaced_utf8_is_counted_and_warned_per_file(corpus_dir, client, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"caf\xe9 and \xff\xfe twice\n\nthird \xc3 here\n")
+    sources = [corpus_dir / "sotu", bad]
+    with pytest.warns(UnicodeWarning, match=f"{bad}: replaced 4 invalid"):
+        got = cluster.count_words(sources, smollm2(), cluster=client, doc_mode="blank_line", errors="replace",
+                                  progress=False)
+    with pytest.warns(UnicodeWarning, match=f"{bad}: replaced 4 invalid"):  # what one process says too
+        docs = list(read_documents(sources, doc_mode="blank_line", errors="replace"))
+    want = encode_corpus(smollm2(), docs, progress=False)
+    assert_same_table(got, counting.count_words(want.ids, want.word_starts, want.doc_starts))
+
+
 def test_cli_count_on_cluster_writes_the_same_file(corpus_dir, client, tmp_path):
     from igot.cli import main
 
