@@ -40,6 +40,7 @@ Documents still checked whole (encoded and decoded with both tokenizers, truncat
 """
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from .counting import WordTable
 
 _ENCODE_BATCH = 1024  # documents per encode_batch call when documents are checked whole
+_WORDS_PER_CALL = 4096  # distinct words per Encoding when the models run on words
 _ESCAPED = re.compile("[\udc80-\udcff]")  # bytes of byte-fallback tokens while a word's text is rebuilt
 # Documents per encode_batch call of the counting pass: so many that encode_corpus's 8 Mi-character cap
 # ends each batch. On the biomedical demo corpora (52k documents, most short), medians of 4 interleaved runs
@@ -183,14 +185,42 @@ def _unescape(text: str) -> str:
         return "\0" + text
 
 
-def _model_ids(tokenizer: Tokenizer, words: list[str]) -> list[list[int]]:
-    """The ids the tokenizer's model alone gives each word (no normalizer, pre-tokenizer or added tokens)."""
+def _model_ids(tokenizer: Tokenizer, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The ids the tokenizer's model alone gives each word, as CSR (offsets int64 [W + 1], ids uint32).
+
+    No normalizer, pre-tokenizer or added token runs: the words go in pre-tokenized, _WORDS_PER_CALL to an
+    Encoding, so the model sees each on its own and Python touches a few long id lists, not one per word.
+    """
     from tokenizers import Tokenizer
 
     model_only = Tokenizer(tokenizer.model)  # shares the model; nothing else runs
-    # encode_batch_fast skips the offsets (tokenizers >= 0.20), which only cost time here
-    encode = getattr(model_only, "encode_batch_fast", model_only.encode_batch)
-    return [e.ids for e in encode(words, add_special_tokens=False)]
+    chunks = [words[i:i + _WORDS_PER_CALL] for i in range(0, len(words), _WORDS_PER_CALL)]
+    encodings = model_only.encode_batch(chunks, is_pretokenized=True, add_special_tokens=False)
+    ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), np.uint32)  # [N]
+    word = np.concatenate([np.array(e.word_ids, np.int64) + k * _WORDS_PER_CALL  # [N] row of each id
+                           for k, e in enumerate(encodings)] or [np.zeros(0, np.int64)])
+    offsets = np.zeros(len(words) + 1, np.int64)  # [W + 1]
+    np.cumsum(np.bincount(word, minlength=len(words)), out=offsets[1:])
+    return offsets, ids
+
+
+def _same_rows(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """bool [W]: row k of CSR a equals row k of CSR b (each a pair of offsets [W + 1] and ids)."""
+    length_a, length_b = np.diff(a[0]), np.diff(b[0])
+    same = length_a == length_b  # [W]
+    in_a, in_b = np.repeat(same, length_a), np.repeat(same, length_b)  # tokens of rows of equal length
+    differs = a[1][in_a] != b[1][in_b]  # aligned: the rows kept have the same lengths, in order
+    same[np.repeat(np.flatnonzero(same), length_a[same])[differs]] = False
+    return same
+
+
+def _rows(csr: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The CSR of the given rows of a CSR, in that order."""
+    offsets, ids = csr
+    lengths = offsets[rows + 1] - offsets[rows]
+    out = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out, ids[np.repeat(offsets[rows] - out[:-1], lengths) + np.arange(out[-1])]
 
 
 class WordCheck:
@@ -214,25 +244,28 @@ class WordCheck:
         self.strings = [strings.get(i, "") for i in range(max(strings, default=-1) + 1)]
         index: dict[str, int] = {}
         self.texts: list[str] = []  # distinct words of all corpora
-        self.base_ids: list[list[int]] = []
         self.where: dict[str, np.ndarray] = {}  # corpus -> int64 [W_c] position of each of its words in texts
+        parts = []  # CSR of the base ids of the words each corpus adds to texts
         for name, (_, counted) in corpora.items():
-            ids, bounds = counted.words.ids.tolist(), counted.words.offsets.tolist()
-            where = []
-            for a, b, text in zip(bounds[:-1], bounds[1:], self._texts(counted.words)):
+            where, first_seen = [], []
+            for row, text in enumerate(self._texts(counted.words)):
                 k = index.setdefault(text, len(self.texts))
                 if k == len(self.texts):
                     self.texts.append(text)
-                    self.base_ids.append(ids[a:b])
+                    first_seen.append(row)
                 where.append(k)
             self.where[name] = np.array(where, np.int64)
+            parts.append(_rows((counted.words.offsets, counted.words.ids), np.array(first_seen, np.int64)))
+        lengths = np.concatenate([np.diff(offsets) for offsets, _ in parts])  # [W]
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        self.base_ids = (offsets, np.concatenate([ids for _, ids in parts]))  # CSR of the base ids of texts
         self.faithful = np.zeros(len(self.texts), bool)  # [W] rebuilt text re-encodes to the base ids
         if separable_decoder(tok_json.get("decoder")):
-            again = _model_ids(base, self.texts)
-            self.faithful[:] = [a == b for a, b in zip(again, self.base_ids)]
+            self.faithful = _same_rows(self.base_ids, _model_ids(base, self.texts))
         self.by_document = {name for name in corpora if not self.faithful[self.where[name]].all()}
         first = np.flatnonzero(self.faithful)
-        self.context = self.base_ids[first[0]] if len(first) else []  # a word to put before another
+        self.context = self._base_word(first[0]) if len(first) else []  # a word to put before another
 
     def run(self, new: Tokenizer, check: bool) -> Checked:
         """Count the tokens of base and new on every corpus and, with check, find what breaks G2 or G3.
@@ -250,9 +283,10 @@ class WordCheck:
         new_len = np.zeros(len(self.texts), np.int64)  # [W]
         if len(by_document) < len(self.corpora):
             fresh = _model_ids(new, self.texts)
-            new_len = np.fromiter(map(len, fresh), np.int64, len(fresh))
+            new_len = np.diff(fresh[0])
             if check:
-                self._check_words(new, fresh, result)
+                changed = np.flatnonzero(self.faithful & ~_same_rows(self.base_ids, fresh))
+                self._check_words(new, fresh, changed.tolist(), result)
             result.distinct_words = int(self.faithful.sum())
         plain_new = untruncated(new)
         for name, (texts, counted) in self.corpora.items():
@@ -276,10 +310,9 @@ class WordCheck:
                 pieces[i] = self._continuation(pieces[i])
         return [_unescape("".join(pieces[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def _join(self, ids: list[int], new: Tokenizer | None = None) -> str:
-        """The text a model read to give `ids` (WordPiece continuations lose their prefix); new ids need `new`."""
-        table = self.strings
-        pieces = [table[i] if i < len(table) else new.id_to_token(i) for i in ids]  # type: ignore[union-attr]
+    def _join(self, ids: list[int], strings: list[str]) -> str:
+        """The text a model read to give `ids` (WordPiece continuations lose their prefix)."""
+        pieces = [strings[i] for i in ids]
         if self.prefix:
             pieces[1:] = map(self._continuation, pieces[1:])
         return _unescape("".join(pieces))
@@ -288,25 +321,31 @@ class WordCheck:
         """A WordPiece piece after the first of its word, as text; "\0" marks one without the prefix."""
         return piece[len(self.prefix):] if piece.startswith(self.prefix) else "\0" + piece
 
-    def _check_words(self, new: Tokenizer, fresh: list[list[int]], result: Checked) -> None:
-        pending = []  # words whose new ids differ but pass the length and text rules: decode them
-        for k in np.flatnonzero(self.faithful).tolist():
-            old, ids = self.base_ids[k], fresh[k]
-            if ids == old:
-                continue
+    def _base_word(self, k: int) -> list[int]:
+        offsets, ids = self.base_ids
+        return ids[offsets[k]:offsets[k + 1]].tolist()
+
+    def _check_words(self, new: Tokenizer, fresh: tuple[np.ndarray, np.ndarray], changed: list[int],
+                     result: Checked) -> None:
+        """Record the words among `changed` (new ids differ from the base ids) that break G2 or G3."""
+        top = int(fresh[1].max()) + 1 if len(fresh[1]) else 0  # the new model's largest id + 1
+        strings = self.strings + [new.id_to_token(i) or "" for i in range(len(self.strings), top)]
+        pending = []  # (base ids, new ids) of words that pass the length and text rules: decode them
+        for k in changed:
+            old, ids = self._base_word(k), fresh[1][fresh[0][k]:fresh[0][k + 1]].tolist()
             if len(ids) > len(old) or self.lossy.intersection(ids) or \
-                    self._join(ids, new=new) != self.texts[k]:
+                    self._join(ids, strings) != self.texts[k]:
                 self._offence(result, self.base.decode(old, skip_special_tokens=False), ids)
             else:
-                pending.append(k)
-        for_base = [self.base_ids[k] for k in pending] + [self.context + self.base_ids[k] for k in pending]
-        for_new = [fresh[k] for k in pending] + [self.context + fresh[k] for k in pending]
+                pending.append((old, ids))
+        for_base = [old for old, _ in pending] + [self.context + old for old, _ in pending]
+        for_new = [ids for _, ids in pending] + [self.context + ids for _, ids in pending]
         old_text = self.base.decode_batch(for_base, skip_special_tokens=False)
         new_text = new.decode_batch(for_new, skip_special_tokens=False)
         n = len(pending)
-        for i, k in enumerate(pending):
+        for i, (_, ids) in enumerate(pending):
             if old_text[i] != new_text[i] or old_text[n + i] != new_text[n + i]:
-                self._offence(result, old_text[i], fresh[k])
+                self._offence(result, old_text[i], ids)
 
     def _check_documents(self, new: Tokenizer, texts: list[str], check: bool, result: Checked) -> int:
         """New tokens of documents encoded whole; with check, record those that break G2 or G3."""
