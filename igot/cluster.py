@@ -350,7 +350,9 @@ def _run(cluster: ClusterLike, sources: Source | Iterable[Source], tokenizer: To
         from distributed import as_completed
         from tqdm.auto import tqdm
 
-        tok = client.scatter(tokenizer_json, broadcast=True)
+        # hash=False: a content-hashed key is shared with the previous call on the same tokenizer, whose release
+        # can delete it while this call replicates it ("lost dependencies")
+        tok = client.scatter(tokenizer_json, broadcast=True, hash=False)
         futures = [client.submit(_shard_task, shard, tok, read, count, empty, options, retries=retries,
                                  key=f"igot-shard-{i}-{run_id}") for i, shard in enumerate(shards)]
         shard_of = {f.key: shard for f, shard in zip(futures, shards)}
@@ -477,7 +479,7 @@ def lookup_ngrams(table: NgramTable, sources: Source | Iterable[Source], tokeniz
         ValueError: a bad argument, or no document in the sources.
     """
     with _client(cluster, retries) as client:
-        shared = client.scatter(table, broadcast=True)
+        shared = client.scatter(table, broadcast=True, hash=False)  # see _run
         return _run(client, sources, tokenizer, count=_lookup, empty=functools.partial(np.zeros, len(table), np.int64),
                     options={"table": shared}, merge=_add_counts, final_options={}, doc_mode=doc_mode,
                     text_field=text_field, errors=errors, shard_bytes=shard_bytes, retries=retries, fan_in=fan_in,
