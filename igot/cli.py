@@ -254,6 +254,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=int, default=2000, help="new vocabulary entries")
     p.add_argument("--domain-bytes", type=int, default=100_000, help="bytes of domain text each training run reads")
     p.add_argument("--eval-docs", type=int, default=64, help="held-out documents per set for bits per byte")
+    p.add_argument("--model", default=None, help="a causal LM folder with SmolLM2's tokenizer (default SmolLM2-135M)")
+    p.add_argument("--max-docs", type=int, default=None, help="choose entries from the first N documents of each set")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
@@ -261,8 +263,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
-    run(args.out, budget=args.budget, domain_bytes=args.domain_bytes, eval_docs=args.eval_docs,
-        progress=not args.no_progress)
+    run(args.out, budget=args.budget, domain_bytes=args.domain_bytes, eval_docs=args.eval_docs, model=args.model,
+        max_docs=args.max_docs, progress=not args.no_progress)
     return 0
 
 

@@ -84,7 +84,7 @@ def _prepare(out: Path) -> None:
 
 
 def run(out: str | Path = "out/demo", *, budget: int = 2000, domain_bytes: int = 100_000, eval_docs: int = 64,
-        progress: bool = True) -> dict[str, Any]:
+        model: str | Path | None = None, max_docs: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the demo, print its tables, and write out/report.json and out/bpb.png.
 
     Args:
@@ -94,6 +94,8 @@ def run(out: str | Path = "out/demo", *, budget: int = 2000, domain_bytes: int =
         domain_bytes: UTF-8 bytes of domain text each training run consumes (plus a quarter as much general
             text): both runs see the same text, in different numbers of tokens.
         eval_docs: held-out documents per set (domain and general) for bits per byte.
+        model: a Hugging Face causal LM folder with SmolLM2's tokenizer (default: the fetched SmolLM2-135M).
+        max_docs: choose the new entries from the first max_docs documents of each corpus list (default all).
         progress: show progress bars.
     Returns:
         The report: tokenizer figures and, for "base" and "igot", tokens, bytes, wall_s, peak_mem_bytes,
@@ -114,11 +116,13 @@ def run(out: str | Path = "out/demo", *, budget: int = 2000, domain_bytes: int =
     out = Path(out)
     _prepare(out)
     t0 = time.perf_counter()
-    model_dir = smollm2()
+    model_dir = Path(model) if model is not None else smollm2()
+    label = "SmolLM2-135M" if model is None else model_dir.name
     base = load_tokenizer(model_dir)
-    domain, general, heldout = _texts(DOMAIN, "train"), _texts(GENERAL, "train"), _texts(DOMAIN, "heldout")
+    domain, general, heldout = (_texts(names, split)[:max_docs] for names, split in
+                                ((DOMAIN, "train"), (GENERAL, "train"), (DOMAIN, "heldout")))
     print(f"domain {len(domain):,} docs (HPO + GO train), general {len(general):,} docs (SOTU + Moby-Dick), "
-          f"held-out domain {len(heldout):,} docs; base tokenizer SmolLM2 ({base.get_vocab_size():,} tokens)")
+          f"held-out domain {len(heldout):,} docs; model {label}, tokenizer {base.get_vocab_size():,} tokens")
 
     start = time.perf_counter()
     corpus = encode_corpus(base, domain, progress=progress)
@@ -146,7 +150,7 @@ def run(out: str | Path = "out/demo", *, budget: int = 2000, domain_bytes: int =
 
     heldout_sets = heldout_files(out / "data", eval_docs)
     print(f"\n3. continued pretraining, twice on the same {domain_bytes:,} bytes of domain text (+ general text 8:2): "
-          "SmolLM2-135M with its own tokenizer, and grown to igot's (new rows = mean of their pieces)")
+          f"{label} with its own tokenizer, and grown to igot's (new rows = mean of their pieces)")
     runs = {}
     for arm, tok in (("base", None), ("igot", str(tokenizer_dir))):
         print(f"\n--- {arm} ---")
@@ -178,7 +182,7 @@ def run(out: str | Path = "out/demo", *, budget: int = 2000, domain_bytes: int =
     }
     _write_json(out / "report.json", report)
     plot = plot_runs([out / "runs" / a for a in runs], out / "bpb.png", heldout="domain", labels=list(runs),
-                     title="SmolLM2-135M, continued pretraining on HPO + GO: base tokenizer vs igot's")
+                     title=f"{label}, continued pretraining on HPO + GO: base tokenizer vs igot's")
     print(f"\nwrote {out / 'report.json'} and {plot} ({report['total_s']:.0f} s in all)")
     return report
 
