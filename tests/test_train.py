@@ -524,3 +524,16 @@ def test_reweighting_rules_are_checked(workspace):
         with pytest.raises(ValueError, match="must be finite, >= 0 and not all 0"):
             sampler.set_weights(bad)
     assert loss_trend({"a": [2.0, 1.0], "b": [1.0]}, strength=2.0) == {"a": 0.25, "b": 1.0}
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux only: resets the peak RSS")
+def test_peak_memory_is_the_runs_own_not_the_processes(workspace, tmp_path):
+    """Runs in one process (an experiment's arms) must not inherit an earlier peak of the process."""
+    import numpy as np
+
+    before = np.ones(2 * 10**8)  # 1.6 GB, touched, then freed: the process's peak RSS is now above it
+    before[::512] = 2
+    del before
+    cfg = config_dict(workspace, tmp_path / "run", eval_every=0, checkpoint_every=0)
+    train(TrainConfig.from_dict({**cfg, "stage": [{"tokens": 512, "weights": {"domain": 1.0}}]}), progress=False)
+    assert max(line["peak_mem_bytes"] for line in read_metrics(tmp_path / "run")) < 1.6e9

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import zlib
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -298,6 +298,16 @@ def _curriculum_buckets(model: Any, source: Source, stage_index: int, bos_id: in
     return ppl_buckets(np.load(cache), cfg.train.curriculum_buckets)
 
 
+def _reset_peak_memory(device: torch.device) -> None:
+    """Start this run's peak memory from what the process holds now, so that runs in one process (an
+    experiment's arms) each report their own peak."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with suppress(OSError):  # Linux: "5" resets the peak resident set size that getrusage reports
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
@@ -375,6 +385,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     if resume and (out / "final" / "config.json").is_file():
         _print(dist, f"{out} holds a finished run (final/ is written); nothing to resume")
         return _finished(out)
+    _reset_peak_memory(dist.device)
     tokenizer = load_run_tokenizer(cfg.model)  # refuses a tokenizer that does not extend the model's
     bos_id = separator_id(tokenizer, cfg.data.separator, cfg.model.path)
 
