@@ -9,6 +9,8 @@ AdamW and gradient clipping:
   the whole micro-batch are materialised (what users run today);
 - hf+liger (CUDA only, when liger-kernel is installed): the same loop with Liger-Kernel's fused linear CE;
 - igot: `igot.train.train` with one token-level stage (fused loss over the head, no logits);
+- igot, gradient_checkpointing: the token-level run with `[train] gradient_checkpointing = true` (each
+  decoder block recomputed in the backward: activations of the block boundaries only);
 - igot patch K=4: the same with patch_size = 4 (a quarter of the positions per token).
 Throughput is the median of the steps after the first; peak memory is the process's peak RSS on CPU
 (model, optimizer and data included) or torch.cuda.max_memory_allocated on a GPU. On CUDA the table adds
@@ -89,8 +91,8 @@ def run_hf(args: argparse.Namespace, liger: bool) -> dict:
             "peak_mem_bytes": _peak(args.device)}
 
 
-def run_igot(args: argparse.Namespace, patch_size: int) -> dict:
-    """igot.train.train with one stage of `steps` steps at this patch size."""
+def run_igot(args: argparse.Namespace, patch_size: int, checkpointing: bool = False) -> dict:
+    """igot.train.train with one stage of `steps` steps at this patch size (blocks recomputed if checkpointing)."""
     from igot.data import smollm2
     from igot.train import TrainConfig, train
 
@@ -100,7 +102,8 @@ def run_igot(args: argparse.Namespace, patch_size: int) -> dict:
             "data": {"seq_len": args.seq_len // patch_size if patch_size > 1 else args.seq_len, "separator": SEPARATOR,
                      "sources": {"domain": ["hpo:train"]}},
             "train": {"out": f"{tmp}/run", "batch_tokens": args.batch_tokens, "micro_batch_tokens": args.micro_batch_tokens,
-                      "lr": 3e-4, "weight_decay": 0.1, "grad_clip": 1.0, "device": args.device},
+                      "lr": 3e-4, "weight_decay": 0.1, "grad_clip": 1.0, "device": args.device,
+                      "gradient_checkpointing": checkpointing},
             "stage": [{"tokens": args.batch_tokens * args.steps, "weights": {"domain": 1.0}, "patch_size": patch_size}]})
         train(cfg, progress=False)
         lines = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
@@ -128,12 +131,15 @@ def main() -> int:
 
     if args.arm is not None:
         kind, _, value = args.arm.partition(":")
-        result = run_hf(args, liger=value == "liger") if kind == "hf" else run_igot(args, int(value))
+        patch, _, option = value.partition(":")
+        result = (run_hf(args, liger=value == "liger") if kind == "hf" else
+                  run_igot(args, int(patch), checkpointing=option == "checkpointing"))
         print("RESULT " + json.dumps(result))
         return 0
 
     _source()  # encode once, outside every arm's timing and memory
     arms = [("hf", "plain HF loop, model(labels=...)"), ("igot:1", "igot train, token-level"),
+            ("igot:1:checkpointing", "igot train, token-level, gradient_checkpointing"),
             ("igot:4", "igot train, patch K=4")]
     if args.device.startswith("cuda"):
         try:

@@ -537,3 +537,25 @@ def test_peak_memory_is_the_runs_own_not_the_processes(workspace, tmp_path):
     cfg = config_dict(workspace, tmp_path / "run", eval_every=0, checkpoint_every=0)
     train(TrainConfig.from_dict({**cfg, "stage": [{"tokens": 512, "weights": {"domain": 1.0}}]}), progress=False)
     assert max(line["peak_mem_bytes"] for line in read_metrics(tmp_path / "run")) < 1.6e9
+
+
+def test_gradient_checkpointing_gives_the_same_run(workspace, finished_run, tmp_path, monkeypatch):
+    """Recomputing the blocks in the backward changes memory, not the result."""
+    from transformers.models.llama import modeling_llama
+
+    calls = []
+    forward = modeling_llama.LlamaMLP.forward
+
+    def counted(self, x):
+        calls.append(torch.is_grad_enabled())  # held-out evaluation runs without grad
+        return forward(self, x)
+
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", counted)
+    out = tmp_path / "ckpt"
+    train(TrainConfig.from_dict(config_dict(workspace, out, gradient_checkpointing=True)), progress=False)
+    layers = json.loads((out / "final" / "config.json").read_text())["num_hidden_layers"]
+    assert sum(calls) == 2 * (8 * 4) * layers  # 8 steps of 4 micro-batches, each block run again in the backward
+    want, got = final_weights(finished_run[0]), final_weights(out)
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)

@@ -74,6 +74,7 @@ class LoopConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     freeze_body_steps: int = 0  # the first N steps train only the new embedding rows
     fsdp: bool = False  # shard parameters with FSDP2 (fully_shard) instead of DDP replicas
+    gradient_checkpointing: bool = False  # recompute each decoder block in the backward: less memory, more compute
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda"
     curriculum_buckets: int = 10  # ppl_ascending: perplexity quantile buckets, shuffled only inside a bucket
     reweight_strength: float = 1.0  # loss_trend: f_i = (loss_now / loss_before) ** strength

@@ -407,7 +407,15 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     # model: loaded in fp32, grown to the run's tokenizer, wrapped for the ranks
     torch.manual_seed(cfg.train.seed)
     model = load_model(cfg.model, tokenizer, needs_embeds=any(p.patch_size > 1 for p in plans))
-    module = CausalLMLoss(model).to(dist.device)
+    if cfg.train.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(model).__name__} does not support gradient checkpointing; set "
+                             "train.gradient_checkpointing = false")
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (non-reentrant by default)
+            model.activation_checkpointing_enable()
+        else:  # non-reentrant: works under DDP, FSDP2 and with frozen inputs (freeze_body_steps)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    module = CausalLMLoss(model).to(dist.device).train()  # from_pretrained returns eval mode (no dropout)
     counts = parameter_counts(model)
     flops_per_pos = flops_per_position(model, cfg.data.seq_len)
     freeze = None
