@@ -140,15 +140,15 @@ def main() -> int:
     base = arms["base"]
     if 1 in args.parts:
         lines += ["## 1. IGOT's table at equal domain bytes\n",
-                  "| tokenizer | entries | held-out token saving | training tokens saving | training time saving | "
-                  "peak memory saving | domain bpb | general bpb | ontology accuracy |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| tokenizer | entries | held-out token saving | training tokens saving | FLOPs saving | "
+                  "training time saving | peak memory saving | domain bpb | general bpb | ontology accuracy |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name in ["base"] + [n for n, _, _ in METHODS]:
             r = arms[name]
             tok = tokenizers.get(name, {"entries": 0, "heldout_token_saving": 0.0})
             acc = r["ontology"]
             lines.append(f"| {name} | {tok['entries']:,} | {tok['heldout_token_saving']:.2%} | {1 - r['tokens'] / base['tokens']:.2%} | "
-                         f"{1 - r['train_s'] / base['train_s']:.1%} | {1 - r['peak_mem_bytes'] / base['peak_mem_bytes']:.1%} | "
+                         f"{1 - r['flops'] / base['flops']:.2%} | {1 - r['train_s'] / base['train_s']:.1%} | {1 - r['peak_mem_bytes'] / base['peak_mem_bytes']:.1%} | "
                          f"{r['heldout_bpb_after']['domain']:.4f} | {r['heldout_bpb_after']['general']:.4f} | "
                          f"{acc['accuracy']:.1%} ± {acc['stderr']:.1%} |")
         lines.append(f"\nBefore training: domain bpb {base['heldout_bpb_before']['domain']:.4f} (base tokenizer), "
@@ -187,8 +187,9 @@ def main() -> int:
                                                     for e in arms[name]["evals"]) + " |")
     report = {"preset": args.preset, "settings": p, "tokenizers": tokenizers, "arms": arms,
               "seconds": time.perf_counter() - t0}
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "tables.md").write_text("\n".join(lines) + "\n")
+    for name, text in (("report.json", json.dumps(report, indent=1)), ("tables.md", "\n".join(lines) + "\n")):
+        (out / f".{name}.tmp").write_text(text)
+        (out / f".{name}.tmp").replace(out / name)
     print("\n".join(lines))
     print(f"\n{out}/report.json, tables.md and PNGs written ({report['seconds'] / 60:.0f} min)")
     return 0
