@@ -25,11 +25,11 @@ after every other task is cancelled. Outputs are written by the caller with Ngra
 (temporary name, then os.replace), so a failed count leaves nothing behind.
 
 Why Dask and not Ray (measured on the 2-core box, benchmarks/RESULTS.md "Cluster"): a local Dask cluster of
-2 workers starts in about 2.5 s and its worker processes take some 45 MiB each; Ray's starts in about 8 s and
-runs a GCS server, a raylet and two agents beside the workers (about 600 MiB of processes). Ray hands large
-numpy results over through its shared-memory object store (a 200 MB result in 1.0 s against Dask's 3.0 s over
+2 workers starts in about 0.6 s and its processes hold about 50 MiB; Ray's starts in about 2.3 s and runs a
+GCS server, a raylet and agents beside the workers (about 340 MiB of processes). Ray hands large numpy
+results over through its shared-memory object store (a 200 MB result in 0.09 s against Dask's 0.42 s over
 TCP), but here the partial tables are merged on the workers and only the final table comes back, so that
-advantage is small next to the encoding; both re-run tasks of a dead worker.
+advantage does not apply; both re-run tasks of a dead worker.
 
 Local clusters (`local:N`) run N worker processes of one task at a time; each gets cpu_count // N threads
 for the tokenizer (RAYON_NUM_THREADS) and the counter. Workers are started with the "spawn" method: a script
