@@ -399,6 +399,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--questions", type=int, default=500, help="ontology: questions (0 = every held-out term)")
     p.add_argument("--seed", type=int, default=0, help="ontology: sample, distractors and choice order")
     p.add_argument("--bos", default=None, help="token before each text (default: the tokenizer's eos token)")
+    p.add_argument("--calibrated", action="store_true",
+                   help="ontology: also score by how much the name raises each choice's likelihood (2x the cost)")
     p.add_argument("--heldout", nargs="+", default=["hpo:heldout", "go:heldout"], help="bpb: corpora or files")
     p.add_argument("--eval-docs", type=int, default=200, help="bpb: the first documents of each held-out set")
     p.add_argument("--device", default="cpu")
@@ -412,11 +414,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .eval import evaluate, write_result
 
     result = evaluate(args.model, tokenizer=args.tokenizer, bench=args.bench, n_questions=args.questions or None,
-                      seed=args.seed, bos=args.bos, heldout=args.heldout, eval_docs=args.eval_docs, device=args.device)
+                      seed=args.seed, bos=args.bos, heldout=args.heldout, eval_docs=args.eval_docs, device=args.device,
+                      calibrated=args.calibrated)
     if args.bench == "ontology":
         print(f"{args.model}: ontology accuracy {result['accuracy']:.1%} +- {result['stderr']:.1%} over "
               f"{result['n']} questions (chance {result['chance']:.0%}; {result['skipped']} skipped); "
-              + ", ".join(f"{c} {v['accuracy']:.1%} (n={v['n']})" for c, v in result["by_corpus"].items()))
+              + ", ".join(f"{c} {v['accuracy']:.1%} (n={v['n']})" for c, v in result["by_corpus"].items())
+              + (f"; calibrated {result['calibrated_accuracy']:.1%} +- {result['calibrated_stderr']:.1%}"
+                 if "calibrated_accuracy" in result else ""))
     else:
         print(json.dumps(result["bpb"], indent=1))
     if args.out:

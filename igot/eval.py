@@ -59,7 +59,7 @@ def ontology_questions(corpora: Sequence[str] = ("hpo", "go"), *, n_questions: i
 
 
 def ontology_benchmark(model: Any, tokenizer: Any, questions: list[dict[str, Any]], *, bos_id: int,
-                       batch_tokens: int = 4096) -> dict[str, Any]:
+                       batch_tokens: int = 4096, calibrated: bool = False) -> dict[str, Any]:
     """Score a causal LM on multiple-choice questions (see ontology_questions).
 
     Args:
@@ -68,18 +68,21 @@ def ontology_benchmark(model: Any, tokenizer: Any, questions: list[dict[str, Any
         questions: from ontology_questions.
         bos_id: the token put before each prompt (the document separator the model was trained with).
         batch_tokens: tokens per forward pass.
+        calibrated: also score each choice by how much the name raises its likelihood (log p(choice | name)
+            minus log p(choice) after bos alone), which a model cannot win by preferring typical definitions;
+            costs about twice the forward passes.
     Returns:
         {"accuracy", "stderr" (binomial standard error), "n": questions scored, "skipped": questions whose
          prefix tokens were not a prefix of the whole text's tokens, "chance": 1/4, "by_corpus": {corpus:
-         {"accuracy", "n"}}}.
+         {"accuracy", "n"}}}, plus "calibrated_accuracy" and "calibrated_stderr" when calibrated.
     Raises:
         ValueError: no question could be scored.
     """
     from .metrics import sequence_nll
 
     sequences: list[list[int]] = []
-    scored: list[tuple[dict[str, Any], int, list[int]]] = []  # question, index of its prefix, of its choices
-    skipped = 0
+    scored: list[tuple[dict[str, Any], int, list[int], list[int]]] = []  # question; sequence indices of its
+    skipped = 0                                                              # prefix, choices, bare choices
     for question in questions:
         prefix_text = f"{question['name']}:"
         prefix = tokenizer.encode(prefix_text, add_special_tokens=False).ids
@@ -87,27 +90,43 @@ def ontology_benchmark(model: Any, tokenizer: Any, questions: list[dict[str, Any
         if any(whole[: len(prefix)] != prefix or len(whole) == len(prefix) for whole in wholes):
             skipped += 1
             continue
-        scored.append((question, len(sequences), list(range(len(sequences) + 1, len(sequences) + 1 + len(wholes)))))
-        sequences += [prefix, *wholes]
+        bare = [tokenizer.encode(f" {choice}", add_special_tokens=False).ids for choice in question["choices"]]
+        first = len(sequences) + 1
+        scored.append((question, first - 1, list(range(first, first + len(wholes))),
+                       list(range(first + len(wholes), first + 2 * len(wholes))) if calibrated else []))
+        sequences += [prefix, *wholes, *(bare if calibrated else [])]
     if not scored:
         raise ValueError(f"none of the {len(questions)} questions could be scored with this tokenizer")
     nll = sequence_nll(model, sequences, bos_id=bos_id, batch_tokens=batch_tokens)
     correct: dict[str, list[bool]] = {}
-    for question, prefix_index, choice_indices in scored:
+    calibrated_hits: list[bool] = []
+    for question, prefix_index, choice_indices, bare_indices in scored:
         scores = [-(nll[i] - nll[prefix_index]) / len(f" {choice}".encode("utf-8"))
                   for i, choice in zip(choice_indices, question["choices"])]
-        correct.setdefault(question["corpus"], []).append(max(range(len(scores)), key=scores.__getitem__) == question["answer"])
+        correct.setdefault(question["corpus"], []).append(_argmax(scores) == question["answer"])
+        if calibrated:  # pointwise mutual information of name and choice
+            gains = [-(nll[i] - nll[prefix_index]) + nll[j] for i, j in zip(choice_indices, bare_indices)]
+            calibrated_hits.append(_argmax(gains) == question["answer"])
     hits = [hit for values in correct.values() for hit in values]
     accuracy = sum(hits) / len(hits)
-    return {"accuracy": accuracy, "stderr": math.sqrt(accuracy * (1 - accuracy) / len(hits)), "n": len(hits),
-            "skipped": skipped, "chance": 1 / N_CHOICES,
-            "by_corpus": {c: {"accuracy": sum(v) / len(v), "n": len(v)} for c, v in correct.items()}}
+    result = {"accuracy": accuracy, "stderr": math.sqrt(accuracy * (1 - accuracy) / len(hits)), "n": len(hits),
+              "skipped": skipped, "chance": 1 / N_CHOICES,
+              "by_corpus": {c: {"accuracy": sum(v) / len(v), "n": len(v)} for c, v in correct.items()}}
+    if calibrated:
+        value = sum(calibrated_hits) / len(calibrated_hits)
+        result |= {"calibrated_accuracy": value,
+                   "calibrated_stderr": math.sqrt(value * (1 - value) / len(calibrated_hits))}
+    return result
+
+
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)
 
 
 def evaluate(model_dir: str | Path, *, tokenizer: str | Path | None = None, bench: str = "ontology",
              n_questions: int | None = 500, seed: int = 0, bos: str | None = None,
              heldout: Sequence[str] = ("hpo:heldout", "go:heldout"), eval_docs: int = 200,
-             device: str = "cpu") -> dict[str, Any]:
+             device: str = "cpu", calibrated: bool = False) -> dict[str, Any]:
     """Load a Hugging Face model folder and run one benchmark on it (what `igot eval` does).
 
     Args:
@@ -119,6 +138,7 @@ def evaluate(model_dir: str | Path, *, tokenizer: str | Path | None = None, benc
         heldout: for bench="bpb", igot.data corpora or files.
         eval_docs: for bench="bpb", the first documents of `heldout` evaluated.
         device: where the model runs.
+        calibrated: for bench="ontology", also the calibrated score (see ontology_benchmark).
     Returns:
         The benchmark's result dict plus "model", "tokenizer" and "bench".
     Raises:
@@ -148,7 +168,7 @@ def evaluate(model_dir: str | Path, *, tokenizer: str | Path | None = None, benc
     result: dict[str, Any] = {"model": str(model_dir), "tokenizer": str(tokenizer or model_dir), "bench": bench}
     if bench == "ontology":
         questions = ontology_questions(n_questions=n_questions, seed=seed)
-        result |= ontology_benchmark(model, tok, questions, bos_id=bos_id)
+        result |= ontology_benchmark(model, tok, questions, bos_id=bos_id, calibrated=calibrated)
     else:
         result["bpb"] = {spec: bits_per_byte(model, tok, heldout_texts([spec], eval_docs), bos_id=bos_id)["bpb"]
                          for spec in heldout}

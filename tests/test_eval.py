@@ -63,6 +63,56 @@ def test_benchmark_matches_the_reference(tiny):
     assert sum(v["n"] for v in result["by_corpus"].values()) == 16
 
 
+def _reference_calibrated_answer(model, tokenizer, question, bos_id):
+    """log p(choice | name) - log p(choice), each from full forward passes."""
+    def log_likelihood(prefix_text, text):
+        encoding = tokenizer.encode(prefix_text + text, add_special_tokens=False)
+        ids = torch.tensor([[bos_id] + encoding.ids])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+        token_log_probs = log_probs.gather(1, ids[0, 1:, None])[:, 0]
+        in_text = torch.tensor([start >= len(prefix_text) for start, _ in encoding.offsets])
+        return float(token_log_probs[in_text].sum())
+
+    prefix = f"{question['name']}:"
+    gains = [log_likelihood(prefix, f" {c}") - log_likelihood("", f" {c}") for c in question["choices"]]
+    return max(range(len(gains)), key=gains.__getitem__)
+
+
+def test_calibrated_score_matches_the_reference(tiny):
+    model, tokenizer = tiny
+    questions = ontology_questions(n_questions=12, seed=5)
+    result = ontology_benchmark(model, tokenizer, questions, bos_id=0, batch_tokens=256, calibrated=True)
+    want = [_reference_calibrated_answer(model, tokenizer, q, 0) == q["answer"] for q in questions]
+    assert result["calibrated_accuracy"] == pytest.approx(sum(want) / len(want))
+    plain = ontology_benchmark(model, tokenizer, questions, bos_id=0, batch_tokens=256)
+    assert plain["accuracy"] == result["accuracy"] and "calibrated_accuracy" not in plain
+
+
+def test_calibration_ignores_how_typical_a_choice_is(tiny, monkeypatch):
+    """A model that likes one wrong definition whatever the name, and the right one a little more after its name:
+    the plain per-byte score picks the typical one, the calibrated score the right one."""
+    import igot.metrics
+
+    model, tokenizer = tiny
+    questions = ontology_questions(n_questions=12, seed=2)
+    encode = lambda text: tuple(tokenizer.encode(text, add_special_tokens=False).ids)  # noqa: E731
+    typical = {encode(f" {q['choices'][(q['answer'] + 1) % 4]}") for q in questions}
+    right = {encode(f"{q['name']}: {q['choices'][q['answer']]}"): len(encode(f"{q['name']}:")) for q in questions}
+
+    def fake_nll(model, seqs, **kw):  # 5 nats a token; 1 for a typical choice's tokens; 4 for the right one's
+        out = []
+        for seq in map(tuple, seqs):
+            tail = next((len(t) for t in typical if len(t) <= len(seq) and seq[-len(t):] == t), 0)
+            boost = len(seq) - right[seq] if seq in right else 0
+            out.append(5.0 * len(seq) - 4.0 * tail - 1.0 * boost)
+        return out
+
+    monkeypatch.setattr(igot.metrics, "sequence_nll", fake_nll)
+    result = ontology_benchmark(model, tokenizer, questions, bos_id=0, calibrated=True)
+    assert result["accuracy"] == 0.0 and result["calibrated_accuracy"] == 1.0
+
+
 def test_knowing_the_answers_scores_perfectly(tiny, monkeypatch):
     """A model whose log-likelihood favours exactly the right definitions gets 100%: the scoring is not noise."""
     import igot.metrics
