@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._vocab_models import byte_fallback_ids, id_to_token, unmergeable_ids
+from .corpus import untruncated
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -62,23 +63,6 @@ _ESCAPED = re.compile("[\udc80-\udcff]")  # bytes of byte-fallback tokens while 
 # against one encode_batch call over everything: 1,024 documents per batch 1.40x its wall / 1.47x its CPU
 # time, 4,096: 1.41 / 1.39, 16,384: 1.37 / 1.33, capped: 1.26 / 1.30.
 _COUNT_BATCH = 1 << 20
-
-
-def untruncated(tokenizer: Tokenizer) -> Tokenizer:
-    """The tokenizer itself, or a copy with truncation and padding off when it has either set.
-
-    igot's own encodes (counting, verification, the save proof) must see whole documents: a base whose
-    tokenizer.json truncates to 128 tokens would otherwise be counted and compared on padded prefixes.
-    The tokenizer handed back to the user keeps the base's settings.
-    """
-    if tokenizer.truncation is None and tokenizer.padding is None:
-        return tokenizer
-    from tokenizers import Tokenizer
-
-    copy = Tokenizer.from_str(tokenizer.to_str())
-    copy.no_truncation()
-    copy.no_padding()
-    return copy
 
 
 def separable_decoder(decoder: dict | None) -> bool:
@@ -114,6 +98,14 @@ class CorpusWords:
     whole_docs: np.ndarray  # int64 [D] indices into the texts of the documents checked whole
 
 
+def held_apart(starts: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """bool [T]: the word starts `starts` with each held (unmergeable) token made a one-token word of its own,
+    so that it never joins an entry; both [T] bool over the same tokens."""
+    out = starts | held
+    out[1:] |= held[:-1]
+    return out
+
+
 def lossy_ids(tok_json: dict) -> np.ndarray:
     """Unmergeable ids whose text a word cannot be rebuilt from: the unknown and the added tokens (int64)."""
     unmergeable = unmergeable_ids(tok_json)
@@ -141,9 +133,7 @@ def count_corpus(tokenizer: Tokenizer, texts: list[str], tok_json: dict, progres
     if not held.any():
         words = count_words(ids, word_starts, doc_starts)
         return CorpusWords(words, words, corpus.n_tokens, np.zeros(0, np.int64))
-    isolated = word_starts | held  # [T] such tokens become one-token words: never part of an entry
-    isolated[1:] |= held[:-1]
-    select = count_words(ids, isolated, doc_starts)
+    select = count_words(ids, held_apart(word_starts, held), doc_starts)
     lossy = np.isin(ids, lossy_ids(tok_json))  # [T]
     if not lossy.any():
         return CorpusWords(select, count_words(ids, word_starts, doc_starts), corpus.n_tokens, np.zeros(0, np.int64))

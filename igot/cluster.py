@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from .corpus import DocMode, Errors, ReadStats, Source, load_tokenizer
+from .corpus import DocMode, Errors, ReadStats, Source, load_tokenizer, untruncated
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -193,10 +193,8 @@ def _worker_tokenizer(tokenizer_json: str) -> Tokenizer:
     """The tokenizer, parsed once per worker process (the JSON string is the cache key)."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_str(tokenizer_json)
-    tok.no_truncation()  # igot's own encodes see whole documents (encode_corpus would copy per call)
-    tok.no_padding()
-    return tok
+    # untruncated once here, so that encode_corpus need not copy it for every shard
+    return untruncated(Tokenizer.from_str(tokenizer_json))
 
 
 def _encode_shard(shard: Shard, tokenizer_json: str, read: dict[str, Any]):

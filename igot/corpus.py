@@ -581,7 +581,7 @@ def encode_corpus(
 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
-    tok = _without_truncation_or_padding(load_tokenizer(tokenizer))
+    tok = untruncated(load_tokenizer(tokenizer))
     if isinstance(docs, (str, os.PathLike)) or (isinstance(docs, (list, tuple)) and docs
                                                  and all(isinstance(d, os.PathLike) for d in docs)):
         docs = read_documents(docs)
@@ -622,12 +622,18 @@ def encode_corpus(
     return EncodedCorpus.concatenate(parts)
 
 
-def _without_truncation_or_padding(tok: Tokenizer) -> Tokenizer:
-    if tok.truncation is None and tok.padding is None:
-        return tok
+def untruncated(tokenizer: Tokenizer) -> Tokenizer:
+    """The tokenizer itself, or a copy with truncation and padding off when it has either set.
+
+    igot's own encodes (counting, verification, the save proof, training data) must see whole documents: a
+    base whose tokenizer.json truncates to 128 tokens would otherwise be counted and compared on padded
+    prefixes. The caller's tokenizer is left as it was, so what igot hands back keeps the base's settings.
+    """
+    if tokenizer.truncation is None and tokenizer.padding is None:
+        return tokenizer
     from tokenizers import Tokenizer
 
-    copy = Tokenizer.from_str(tok.to_str())  # leave the caller's tokenizer as it was
+    copy = Tokenizer.from_str(tokenizer.to_str())
     copy.no_truncation()
     copy.no_padding()
     return copy

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import numpy as np
 
 from ._files import replace_folder
-from ._vocab_check import CorpusWords, WordCheck, count_corpus, lossy_ids, untruncated
+from ._vocab_check import CorpusWords, WordCheck, count_corpus, held_apart, lossy_ids
+from .corpus import untruncated
 from ._vocab_models import (WORDPIECE_POOL, NewToken, WriteResult, id_to_token, largest_id, model_type,
                             side_file_names, tokenizer_config_default, tokens_json, unmergeable_ids,
                             write_entries)
@@ -316,11 +317,9 @@ def _table_words(table: WordTable, tok_json: dict, name: str) -> CorpusWords:
     held = np.isin(table.ids, unmergeable_ids(tok_json))  # byte-fallback ids: split around, as count_corpus does
     if not held.any():
         return CorpusWords(table, table, n_tokens, np.zeros(0, np.int64))
-    pieces = np.zeros(len(table.ids), bool)  # [N] a piece starts at each word start, held id and id after one
-    pieces[table.offsets[:-1]] = True
-    pieces |= held
-    pieces[1:] |= held[:-1]
-    starts = np.flatnonzero(pieces)
+    word_starts = np.zeros(len(table.ids), bool)  # [N]
+    word_starts[table.offsets[:-1]] = True
+    starts = np.flatnonzero(held_apart(word_starts, held))
     word_of = np.searchsorted(table.offsets, starts, side="right") - 1
     split = type(table)(np.append(starts, len(table.ids)).astype(np.int64), table.ids, table.counts[word_of])
     return CorpusWords(type(table).merge(split), table, n_tokens, np.zeros(0, np.int64))

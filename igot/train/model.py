@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..corpus import _without_truncation_or_padding, load_tokenizer
+from ..corpus import load_tokenizer, untruncated
 from ..model import _check_extension, causal_lm_parts, extend_model
 from ..ops import fused_linear_cross_entropy
 from .config import ModelConfig
@@ -54,7 +54,7 @@ def load_run_tokenizer(cfg: ModelConfig) -> RunTokenizer:
         files["tokenizer.json"] = tokenizer_dir / "tokenizer.json" if Path(cfg.tokenizer).is_dir() else Path(cfg.tokenizer)
         files |= {name: tokenizer_dir / name for name in _TOKENIZER_FILES[1:] if (tokenizer_dir / name).is_file()}
     n_base = max(base.get_vocab(with_added_tokens=True).values()) + 1
-    new = _without_truncation_or_padding(new)
+    new = untruncated(new)
     return RunTokenizer(new, new.to_str(), files, n_base, cfg.tokenizer is not None)
 
 
