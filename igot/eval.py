@@ -81,8 +81,9 @@ def ontology_benchmark(model: Any, tokenizer: Any, questions: list[dict[str, Any
     from .metrics import sequence_nll
 
     sequences: list[list[int]] = []
-    scored: list[tuple[dict[str, Any], int, list[int], list[int]]] = []  # question; sequence indices of its
-    skipped = 0                                                              # prefix, choices, bare choices
+    # question; the indices in `sequences` of its prefix, its choices after the prefix, its bare choices
+    scored: list[tuple[dict[str, Any], int, range, range]] = []
+    skipped = 0
     for question in questions:
         prefix_text = f"{question['name']}:"
         prefix = tokenizer.encode(prefix_text, add_special_tokens=False).ids
@@ -90,11 +91,12 @@ def ontology_benchmark(model: Any, tokenizer: Any, questions: list[dict[str, Any
         if any(whole[: len(prefix)] != prefix or len(whole) == len(prefix) for whole in wholes):
             skipped += 1
             continue
-        bare = [tokenizer.encode(f" {choice}", add_special_tokens=False).ids for choice in question["choices"]]
+        bare = [tokenizer.encode(f" {choice}", add_special_tokens=False).ids
+                for choice in question["choices"]] if calibrated else []
         first = len(sequences) + 1
-        scored.append((question, first - 1, list(range(first, first + len(wholes))),
-                       list(range(first + len(wholes), first + 2 * len(wholes))) if calibrated else []))
-        sequences += [prefix, *wholes, *(bare if calibrated else [])]
+        scored.append((question, first - 1, range(first, first + len(wholes)),
+                       range(first + len(wholes), first + len(wholes) + len(bare))))
+        sequences += [prefix, *wholes, *bare]
     if not scored:
         raise ValueError(f"none of the {len(questions)} questions could be scored with this tokenizer")
     nll = sequence_nll(model, sequences, bos_id=bos_id, batch_tokens=batch_tokens)
