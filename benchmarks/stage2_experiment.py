@@ -35,11 +35,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from cpt_experiment import run_arm
 
 from igot.demo import DOMAIN, SEPARATOR, heldout_files, run_config
+from igot.eval import write_result
 
 PRESETS = {
     # sizes for the loaded 2-core box (load 6): generation ~34 tokens/s, training ~45 tokens/s, one forward
@@ -51,12 +51,6 @@ PRESETS = {
 }
 ARMS = {"control": {"domain": 0.9, "general": 0.1}, "synthetic": {"domain": 0.7, "general": 0.1, "synthetic": 0.2}}
 HELDOUT = [f"{name}:heldout" for name in DOMAIN]
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _load() -> str:
@@ -87,7 +81,7 @@ def synthesize_qa(out: Path, p: dict) -> dict:
               "tokens_per_s": summary.tokens_per_s, "wall_s": summary.wall_s, "dropped": summary.dropped,
               "documents": len(docs), "resumed_with_pairs": summary.existing_pairs, "load": [load_before, _load()],
               "samples": [{"question": r["question"], "answer": r["answer"]} for r in pairs[:4]]}
-    _write_json(summary_file, result)
+    write_result(result, summary_file)
     return result
 
 
@@ -107,7 +101,7 @@ def train_arm(name: str, out: Path, p: dict, model_dir: str, qa: Path) -> dict:
     steps = [r for r in map(json.loads, metrics) if r.get("event") is None]
     summary["tokens_by_source"] = steps[-1]["tokens_by_source"]
     summary["load"] = [load_before, _load()]
-    _write_json(summary_file, summary)
+    write_result(summary, summary_file)
     return summary
 
 
@@ -145,7 +139,7 @@ def score(model_dir: Path | str, texts: dict[str, list[str]], questions: list[di
     result = {"key": key, "docs": docs, "hits": hits, "bpb_s": bpb_s, "ontology_s": time.perf_counter() - start - bpb_s,
               "load": [load_before, _load()]}
     cache.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(cache, result)
+    write_result(result, cache)
     return result
 
 
@@ -271,7 +265,7 @@ def main() -> int:
     report = {"preset": args.preset, "settings": p, "arms": ARMS, "synth": synth, "runs": runs,
               "scores": {k: {kk: v for kk, v in s.items() if kk != "key"} for k, s in scores.items()},
               "total_s": time.perf_counter() - t0, "load": [load_start, _load()]}
-    _write_json(out / "report.json", report)
+    write_result(report, out / "report.json")
     (out / "table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     print(f"\n{out}/report.json and table.md written ({report['total_s'] / 60:.0f} min)")

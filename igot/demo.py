@@ -109,6 +109,7 @@ def run(out: str | Path = "out/demo", *, budget: int = 2000, domain_bytes: int =
     from .corpus import encode_corpus, load_tokenizer
     from .counting import count_ngrams
     from .data import smollm2
+    from .eval import write_result
     from .report import plot_runs, read_run
     from .train import TrainConfig, train
     from .vocab import extend_tokenizer
@@ -180,14 +181,8 @@ def run(out: str | Path = "out/demo", *, budget: int = 2000, domain_bytes: int =
                  "heldout_general_bpb_before": r["heldout_bpb_before"]["general"]} for arm, r in runs.items()},
         "total_s": time.perf_counter() - t0,
     }
-    _write_json(out / "report.json", report)
+    write_result(report, out / "report.json")
     plot = plot_runs([out / "runs" / a for a in runs], out / "bpb.png", heldout="domain", labels=list(runs),
                      title=f"{label}, continued pretraining on HPO + GO: base tokenizer vs igot's")
     print(f"\nwrote {out / 'report.json'} and {plot} ({report['total_s']:.0f} s in all)")
     return report
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    tmp.replace(path)
