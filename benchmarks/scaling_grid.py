@@ -212,12 +212,7 @@ def fit_laws(table: Any, grid_runs: list[dict], p: dict, out: Path) -> dict[str,
     budget = 6 * largest["N"] * (largest["D"] + largest["Dp"])
     fits, plans, plans_at_largest = {}, {}, {}
     for name in LAWS:
-        law = get_law(name)
-        defined = np.ones(len(table), bool)
-        if not law.defined_at_zero_Dp:
-            defined &= table.Dp > 0
-        if not law.defined_at_zero_D:
-            defined &= table.D > 0
+        defined = get_law(name).defined(table.D, table.Dp)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # kept in LawFit.warnings and printed with the summary
             result = fit(table.subset(defined), name, n_bootstrap=p["n_bootstrap"])

@@ -477,11 +477,7 @@ def compare(runs: Any, laws: Sequence[str] = tuple(LAWS), holdout: Holdout = "la
     rows = []
     for name in laws:
         law = get_law(name)
-        defined = np.ones(len(data), dtype=bool)
-        if not law.defined_at_zero_D:
-            defined &= data.D > 0
-        if not law.defined_at_zero_Dp:
-            defined &= data.Dp > 0
+        defined = law.defined(data.D, data.Dp)
         train, held = data.subset(defined & ~test), data.subset(defined & test)
         row: dict[str, Any] = {"law": name, "n_train": len(train), "n_test": len(held)}
         try:

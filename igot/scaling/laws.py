@@ -39,6 +39,11 @@ class Law:
         """All parameter names: the linear coefficients, then the nonlinear ones."""
         return self.linear + self.nonlinear
 
+    def defined(self, D, Dp) -> np.ndarray:
+        """bool mask over runs (numpy broadcasting): where the law is finite, i.e. D > 0 and D′ > 0 unless it is
+        defined at zero."""
+        return ((np.asarray(D) > 0) | self.defined_at_zero_D) & ((np.asarray(Dp) > 0) | self.defined_at_zero_Dp)
+
     def evaluate(self, params: dict[str, float], N, D, Dp) -> np.ndarray:
         """Predicted loss for natural-unit params, with numpy broadcasting over N, D and Dp."""
         N, D, Dp = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (N, D, Dp)))
